@@ -1,0 +1,255 @@
+//! A `tollgated` running in a lab's desk namespace, with its own config, state and socket.
+
+use std::{
+    fs, io,
+    path::PathBuf,
+    process::{Command, Output},
+    thread,
+    time::{Duration, Instant},
+};
+
+use nix::sys::signal::Signal;
+
+use crate::{
+    binary::{BinaryNotFoundError, workspace_binary},
+    lab::Lab,
+    netns::NetNsError,
+    process::ProcessGuard,
+};
+
+/// How long [`Daemon::start`] waits for the daemon to serve its control socket.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A `tollgated` process in the desk namespace of a [`Lab`].
+///
+/// The config, rule database, control socket and log live in a directory of the lab's work
+/// directory, so they survive [`Daemon::restart`] and vanish with the lab. Dropping the guard
+/// stops the daemon with SIGTERM.
+#[derive(Debug)]
+pub struct Daemon {
+    process: Option<ProcessGuard>,
+    dir: PathBuf,
+    tollgated: PathBuf,
+    tollgate: PathBuf,
+}
+
+/// Errors starting or talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// A binary was not built.
+    #[error(transparent)]
+    Binary(#[from] BinaryNotFoundError),
+    /// A file of the daemon could not be written or read.
+    #[error("failed to access {path}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The daemon could not be started in the namespace.
+    #[error("failed to start tollgated")]
+    Spawn(#[from] NetNsError),
+    /// The daemon exited or did not answer in time.
+    #[error("tollgated did not start: {reason}\n--- daemon log ---\n{log}")]
+    NotReady {
+        /// What went wrong.
+        reason: String,
+        /// The daemon's log so far.
+        log: String,
+    },
+    /// A signal could not be sent.
+    #[error("failed to signal tollgated")]
+    Signal(#[source] io::Error),
+}
+
+impl Daemon {
+    /// Starts `tollgated` in the lab's desk with `extra_config` appended to a config that puts
+    /// its socket and state in the lab's work directory, and waits until it answers.
+    pub fn start(lab: &Lab, extra_config: &str) -> Result<Self, DaemonError> {
+        let dir = lab.work_dir().join("tollgated");
+        fs::create_dir_all(&dir).map_err(|source| DaemonError::File {
+            path: dir.clone(),
+            source,
+        })?;
+        let config = format!(
+            "control_socket = \"{}\"\nstate_dir = \"{}\"\n{extra_config}\n",
+            dir.join("control.sock").display(),
+            dir.join("state").display(),
+        );
+        let config_path = dir.join("config.toml");
+        fs::write(&config_path, config).map_err(|source| DaemonError::File {
+            path: config_path,
+            source,
+        })?;
+
+        let mut daemon = Self {
+            process: None,
+            dir,
+            tollgated: workspace_binary("tollgated")?,
+            tollgate: workspace_binary("tollgate")?,
+        };
+        daemon.spawn(lab)?;
+        Ok(daemon)
+    }
+
+    /// Stops the daemon with SIGTERM if it runs, then starts it again with the same config and
+    /// state.
+    pub fn restart(&mut self, lab: &Lab) -> Result<(), DaemonError> {
+        self.stop()?;
+        self.spawn(lab)
+    }
+
+    /// Stops the daemon with SIGTERM and waits for it to exit.
+    pub fn stop(&mut self) -> Result<(), DaemonError> {
+        if let Some(process) = self.process.take() {
+            process.stop().map_err(DaemonError::Signal)?;
+        }
+        Ok(())
+    }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and waits for it to exit.
+    pub fn kill(&mut self) -> Result<(), DaemonError> {
+        if let Some(process) = self.process.take() {
+            process
+                .send_signal(Signal::SIGKILL)
+                .map_err(DaemonError::Signal)?;
+            process.stop().map_err(DaemonError::Signal)?;
+        }
+        Ok(())
+    }
+
+    /// Returns the path of the control socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// Returns the path of the config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+
+    /// Returns a `tollgate` command aimed at this daemon's socket.
+    pub fn cli(&self) -> Command {
+        let mut command = Command::new(&self.tollgate);
+        command.arg("--socket").arg(self.socket_path());
+        command
+    }
+
+    /// Runs `tollgate ARGS` and returns its output, whatever its exit status.
+    pub fn run_cli(&self, args: &[&str]) -> Output {
+        self.cli()
+            .args(args)
+            .output()
+            .unwrap_or_else(|err| panic!("failed to run tollgate {args:?}: {err}"))
+    }
+
+    /// Returns the pending requests as `tollgate pending --json` prints them.
+    pub fn pending(&self) -> Vec<serde_json::Value> {
+        let output = self.run_cli(&["pending", "--json"]);
+        assert!(
+            output.status.success(),
+            "tollgate pending failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap_or_else(|err| {
+            panic!(
+                "tollgate pending printed invalid JSON ({err}): {}",
+                String::from_utf8_lossy(&output.stdout)
+            )
+        })
+    }
+
+    /// Waits until the pending requests hold `connections` connections in all, and returns the
+    /// requests. Panics with the daemon log after `timeout`.
+    pub fn wait_for_held(&self, connections: u64, timeout: Duration) -> Vec<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pending = self.pending();
+            let held: u64 = pending
+                .iter()
+                .filter_map(|request| request["connections"].as_u64())
+                .sum();
+            if held == connections {
+                return pending;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "expected {connections} held connections, found {held}: {pending:#?}\n\
+                 --- daemon log ---\n{}",
+                self.log()
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Returns the daemon's log (stderr of every run so far).
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("tollgated.log")).unwrap_or_default()
+    }
+
+    fn spawn(&mut self, lab: &Lab) -> Result<(), DaemonError> {
+        let log_path = self.dir.join("tollgated.log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(|source| DaemonError::File {
+                path: log_path.clone(),
+                source,
+            })?;
+        let stderr = log.try_clone().map_err(|source| DaemonError::File {
+            path: log_path,
+            source,
+        })?;
+        // setns keeps this mount namespace, so the daemon sees the host's cgroup2 mount.
+        let mut command = lab.desk().setns_command(&self.tollgated)?;
+        command
+            .arg("--config")
+            .arg(self.config_path())
+            .env("RUST_LOG", "tollgate_proxy=debug,info")
+            .stdout(log)
+            .stderr(stderr);
+        self.process = Some(lab.desk().spawn(&mut command)?);
+        self.wait_ready()
+    }
+
+    fn wait_ready(&self) -> Result<(), DaemonError> {
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if let Some(process) = &self.process
+                && let Ok(Some(status)) = process.try_wait()
+            {
+                return Err(self.not_ready(format!("tollgated exited with {status}")));
+            }
+            let output = self.run_cli(&["status"]);
+            if output.status.success() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                let reason = format!(
+                    "no answer within {START_TIMEOUT:?}: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                );
+                return Err(self.not_ready(reason));
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn not_ready(&self, reason: String) -> DaemonError {
+        DaemonError::NotReady {
+            reason,
+            log: self.log(),
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Err(err) = self.stop() {
+            eprintln!("failed to stop tollgated: {err}");
+        }
+    }
+}

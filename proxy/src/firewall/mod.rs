@@ -1,0 +1,88 @@
+//! Diverting the network namespace's outbound TCP to the daemon: the nftables table and the
+//! policy routing, installed together and removed together.
+
+pub mod nft;
+pub mod routing;
+
+use tracing::{info, warn};
+
+use crate::config::InterceptionConfig;
+
+pub use self::{
+    nft::{NftError, TableSpec},
+    routing::{RoutingError, RoutingSpec},
+};
+
+/// Errors installing or removing the interception.
+#[derive(Debug, thiserror::Error)]
+pub enum FirewallError {
+    /// The nftables table could not be changed.
+    #[error("failed to apply the nftables table")]
+    Nft(#[from] NftError),
+    /// The policy routing could not be changed.
+    #[error("failed to apply the policy routing")]
+    Routing(#[from] RoutingError),
+}
+
+/// The installed interception. Call [`Interception::remove`] to take it down; dropping it leaves
+/// the table and routes in place, so that a crashed daemon keeps new connections from passing
+/// without a decision.
+#[derive(Debug)]
+pub struct Interception {
+    table: TableSpec,
+    routing: RoutingSpec,
+}
+
+impl Interception {
+    /// Installs the table and the policy routing, replacing leftovers of an earlier run.
+    pub async fn install(config: &InterceptionConfig) -> Result<Self, FirewallError> {
+        let interception = Self::from_config(config);
+        // Routes first: with the table in place but no routes, marked packets would leave
+        // without being diverted.
+        routing::install(&interception.routing).await?;
+        if let Err(err) = nft::install(&interception.table) {
+            if let Err(undo) = routing::remove(&interception.routing).await {
+                warn!(error = %undo, "failed to remove policy routing after a failed install");
+            }
+            return Err(err.into());
+        }
+        info!(
+            table = "inet tollgate",
+            tcp_port = config.tcp_port,
+            route_table = config.route_table,
+            "interception installed"
+        );
+        Ok(interception)
+    }
+
+    /// Removes the table and the policy routing.
+    pub async fn remove(self) -> Result<(), FirewallError> {
+        // Table first, so that no packet is marked once the routes are gone.
+        let table = nft::remove();
+        let routes = routing::remove(&self.routing).await;
+        table?;
+        routes?;
+        info!("interception removed");
+        Ok(())
+    }
+
+    /// Removes what a daemon with this configuration installs, whether or not it is running.
+    pub async fn remove_leftovers(config: &InterceptionConfig) -> Result<(), FirewallError> {
+        Self::from_config(config).remove().await
+    }
+
+    fn from_config(config: &InterceptionConfig) -> Self {
+        Self {
+            table: TableSpec {
+                tcp_port: config.tcp_port,
+                intercept_mark: config.intercept_mark,
+                bypass_mark: config.bypass_mark,
+            },
+            routing: RoutingSpec {
+                mark: config.intercept_mark,
+                table: config.route_table,
+                priority: config.rule_priority,
+            },
+        }
+    }
+}
