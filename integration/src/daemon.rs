@@ -12,6 +12,7 @@ use nix::sys::signal::Signal;
 
 use crate::{
     binary::{BinaryNotFoundError, workspace_binary},
+    cgroup::TestCgroup,
     lab::Lab,
     netns::NetNsError,
     process::ProcessGuard,
@@ -23,11 +24,14 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// A `tollgated` process in the desk namespace of a [`Lab`].
 ///
 /// The config, rule database, control socket and log live in a directory of the lab's work
-/// directory, so they survive [`Daemon::restart`] and vanish with the lab. Dropping the guard
-/// stops the daemon with SIGTERM.
+/// directory, so they survive [`Daemon::restart`] and vanish with the lab. The daemon attaches
+/// its BPF programs to a child cgroup named after the lab; [`Daemon::desk_client`] runs
+/// programs inside it. Dropping the guard stops the daemon with SIGTERM, then removes the
+/// cgroup.
 #[derive(Debug)]
 pub struct Daemon {
     process: Option<ProcessGuard>,
+    cgroup: TestCgroup,
     dir: PathBuf,
     tollgated: PathBuf,
     tollgate: PathBuf,
@@ -73,10 +77,17 @@ impl Daemon {
             path: dir.clone(),
             source,
         })?;
+        let cgroup = TestCgroup::create(lab.name()).map_err(|source| DaemonError::File {
+            path: PathBuf::from(lab.name()),
+            source,
+        })?;
+        // The attribution table goes last, after the caller's top-level keys.
         let config = format!(
-            "control_socket = \"{}\"\nstate_dir = \"{}\"\n{extra_config}\n",
+            "control_socket = \"{}\"\nstate_dir = \"{}\"\n{extra_config}\n\
+             [attribution]\ncgroup = \"{}\"\n",
             dir.join("control.sock").display(),
             dir.join("state").display(),
+            cgroup.path().display(),
         );
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config).map_err(|source| DaemonError::File {
@@ -86,6 +97,7 @@ impl Daemon {
 
         let mut daemon = Self {
             process: None,
+            cgroup,
             dir,
             tollgated: workspace_binary("tollgated")?,
             tollgate: workspace_binary("tollgate")?,
@@ -128,6 +140,21 @@ impl Daemon {
     /// Returns the path of the config file.
     pub fn config_path(&self) -> PathBuf {
         self.dir.join("config.toml")
+    }
+
+    /// Returns the cgroup the daemon attributes processes in.
+    pub fn cgroup(&self) -> &TestCgroup {
+        &self.cgroup
+    }
+
+    /// Returns a command that runs `program` in the lab's desk inside the daemon's cgroup, so
+    /// the daemon can name its process.
+    pub fn desk_client(&self, lab: &Lab, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut command = lab.desk_command(program);
+        if let Err(err) = self.cgroup.enter(&mut command) {
+            panic!("failed to prepare cgroup entry: {err}");
+        }
+        command
     }
 
     /// Returns a `tollgate` command aimed at this daemon's socket.

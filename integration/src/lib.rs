@@ -14,7 +14,8 @@
 //! - [`client`]: echo and bulk clients that check every byte.
 //! - [`pattern`]: the byte pattern of the bulk server.
 //! - [`binary`]: [`workspace_binary`], which finds `tollgated`, `tollgate` and `lab-server`;
-//! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk.
+//! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk;
+//! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in.
 //!
 //! ```no_run
 //! use tollgate_integration::{Lab, topology::SERVER_A_V4};
@@ -32,6 +33,7 @@
 #![warn(missing_docs)]
 
 pub mod binary;
+pub mod cgroup;
 pub mod client;
 pub mod daemon;
 pub mod lab;

@@ -47,6 +47,10 @@ pub const HTTP_PORT: u16 = 80;
 pub const ECHO_PORT: u16 = 7;
 /// The port of the bulk server, which sends as many pattern bytes as the client requests.
 pub const BULK_PORT: u16 = 9000;
+/// UDP echo port of the lab-server.
+pub const UDP_ECHO_PORT: u16 = 7;
+/// UDP echo port that stands in for QUIC.
+pub const QUIC_PORT: u16 = 443;
 
 /// The veth end in desk.
 pub const DESK_LINK: &str = "veth0";

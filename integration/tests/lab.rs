@@ -229,7 +229,7 @@ fn bulk_reports_connection_reset() {
     let lab = start_lab();
     let server = spawn_rogue_server(&lab, |stream| {
         // A zero linger time makes close send RST instead of FIN.
-        let linger = nix::libc::linger {
+        let linger = libc::linger {
             l_onoff: 1,
             l_linger: 0,
         };

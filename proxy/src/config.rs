@@ -34,8 +34,34 @@ pub struct Config {
     pub desktop_user: Option<String>,
     /// Seconds allowed for connecting to the original destination after an allow.
     pub upstream_connect_timeout_secs: u64,
+    /// Seconds without a datagram in either direction after which a UDP flow ends.
+    pub udp_idle_timeout_secs: u64,
+    /// Datagrams of a UDP flow kept while it waits for a decision; later ones are dropped.
+    pub udp_queue_limit: usize,
     /// Interception settings.
     pub interception: InterceptionConfig,
+    /// Process attribution settings.
+    pub attribution: AttributionConfig,
+}
+
+/// Settings of the kernel programs that name the process behind each flow.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttributionConfig {
+    /// Whether to load the BPF programs. Without them every flow shows as "unknown process".
+    pub enabled: bool,
+    /// cgroup2 directory the programs attach to; processes outside it are not attributed.
+    /// `None` means the root of the cgroup2 mount, which covers every process.
+    pub cgroup: Option<PathBuf>,
+}
+
+impl Default for AttributionConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            cgroup: None,
+        }
+    }
 }
 
 /// Settings of the diversion of outbound connections to the daemon.
@@ -47,6 +73,8 @@ pub struct InterceptionConfig {
     pub enabled: bool,
     /// Loopback port of the transparent TCP listeners (127.0.0.1 and ::1).
     pub tcp_port: u16,
+    /// Loopback port of the transparent UDP listeners (127.0.0.1 and ::1).
+    pub udp_port: u16,
     /// Firewall mark bit that routes a diverted packet to the listeners.
     pub intercept_mark: u32,
     /// Firewall mark of the daemon's own sockets, which are never diverted.
@@ -66,7 +94,10 @@ impl Default for Config {
             default_action: Action::Deny,
             desktop_user: None,
             upstream_connect_timeout_secs: 10,
+            udp_idle_timeout_secs: 60,
+            udp_queue_limit: 64,
             interception: InterceptionConfig::default(),
+            attribution: AttributionConfig::default(),
         }
     }
 }
@@ -76,6 +107,7 @@ impl Default for InterceptionConfig {
         Self {
             enabled: true,
             tcp_port: 15001,
+            udp_port: 15002,
             intercept_mark: 0x1,
             bypass_mark: 0x2,
             route_table: 100,
@@ -152,6 +184,11 @@ impl Config {
         Duration::from_secs(self.upstream_connect_timeout_secs)
     }
 
+    /// Returns the UDP idle timeout as a duration.
+    pub fn udp_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.udp_idle_timeout_secs)
+    }
+
     /// Returns the path of the rule database.
     pub fn rules_db_path(&self) -> PathBuf {
         self.state_dir.join("rules.redb")
@@ -165,8 +202,14 @@ impl Config {
         if self.upstream_connect_timeout_secs == 0 {
             return Err("upstream_connect_timeout_secs must be at least 1".into());
         }
-        if interception.tcp_port == 0 {
-            return Err("interception.tcp_port must not be 0".into());
+        if self.udp_idle_timeout_secs == 0 {
+            return Err("udp_idle_timeout_secs must be at least 1".into());
+        }
+        if self.udp_queue_limit == 0 {
+            return Err("udp_queue_limit must be at least 1".into());
+        }
+        if interception.tcp_port == 0 || interception.udp_port == 0 {
+            return Err("interception.tcp_port and udp_port must not be 0".into());
         }
         if interception.intercept_mark == 0 || interception.bypass_mark == 0 {
             return Err("interception marks must not be 0".into());

@@ -1,5 +1,5 @@
-//! The daemon: accepts diverted connections, holds them until a verdict, relays or resets them,
-//! and serves the control socket.
+//! The daemon: accepts diverted TCP connections, holds them until a verdict, relays or resets
+//! them, and serves the control socket. UDP flows go through the same verdicts in [`crate::udp`].
 
 use std::{
     future::Future,
@@ -16,6 +16,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{broadcast, oneshot},
 };
+use tollgate_classifier::Classifier;
 use tollgate_rules::{
     Action, AddressMatch, Connection, Destination, Lifetime, PortMatch, Protocol, ProtocolMatch,
     Rule, RuleId, RuleSet, RuleStore, Subject,
@@ -23,7 +24,7 @@ use tollgate_rules::{
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
-    attribution::{NoAttribution, OwnerLookup},
+    attribution::{KernelAttribution, NoAttribution, OwnerLookup},
     config::Config,
     control::{self, ControlListener},
     firewall::Interception,
@@ -32,11 +33,14 @@ use crate::{
         DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
         StatusInfo,
     },
-    transparent,
+    transparent, udp,
 };
 
 /// Number of events buffered for each watcher before it starts missing some.
 const EVENT_BUFFER: usize = 4096;
+
+/// How often the attribution counters are checked.
+const COUNTER_INTERVAL: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Size of each relay buffer, per direction.
 const RELAY_BUFFER: usize = 64 * 1024;
@@ -56,6 +60,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
     let listeners = bind_listeners(&config)?;
+    let udp_listeners = udp::bind_listeners(&config)?;
     let interception = if config.interception.enabled {
         Some(
             Interception::install(&config.interception)
@@ -67,10 +72,23 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let shared = Arc::new(Shared::new(config, store, rules, interception.is_some()));
+    let (owners, classifier_counters) = load_attribution(&config);
+    let shared = Arc::new(Shared::new(
+        config,
+        store,
+        rules,
+        interception.is_some(),
+        owners,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
+    if let Some(counters) = classifier_counters {
+        tasks.spawn(counters);
+    }
     for listener in listeners {
         tasks.spawn(accept_loop(Arc::clone(&shared), listener));
+    }
+    for listener in udp_listeners {
+        tasks.spawn(udp::serve(Arc::clone(&shared), listener));
     }
     tasks.spawn(control.serve(Arc::clone(&shared)));
 
@@ -83,6 +101,108 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         error!(error = %format!("{err:#}"), "failed to remove interception");
     }
     Ok(())
+}
+
+/// A task that watches the classifier's counters.
+type CountersTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Loads the BPF programs that name each flow's process. Without them the daemon still works,
+/// but every flow shows as "unknown process", so a failure is logged as an error.
+fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTask>) {
+    if !config.attribution.enabled {
+        warn!("process attribution disabled in config; flows show as unknown process");
+        return (Arc::new(NoAttribution), None);
+    }
+    if let Some(release) = kernel_too_old() {
+        error!(
+            kernel = %release,
+            "process attribution needs Linux {}.{} or newer; flows show as unknown process",
+            MIN_KERNEL.0,
+            MIN_KERNEL.1
+        );
+        return (Arc::new(NoAttribution), None);
+    }
+    let cgroup = match &config.attribution.cgroup {
+        Some(path) => path.clone(),
+        None => match tollgate_classifier::cgroup2_root() {
+            Ok(path) => path,
+            Err(err) => {
+                error!(error = %err, "process attribution unavailable; flows show as unknown process");
+                return (Arc::new(NoAttribution), None);
+            }
+        },
+    };
+    match Classifier::load_and_attach(&cgroup) {
+        Ok(classifier) => {
+            info!(
+                cgroup = %cgroup.display(),
+                executable_paths = classifier.has_exe_paths(),
+                "process attribution attached"
+            );
+            let attribution = Arc::new(KernelAttribution::new(classifier));
+            let counters = Box::pin(watch_counters(Arc::clone(&attribution)));
+            (attribution, Some(counters))
+        }
+        Err(err) => {
+            error!(
+                cgroup = %cgroup.display(),
+                error = %format!("{err:#}"),
+                "process attribution unavailable; flows show as unknown process"
+            );
+            (Arc::new(NoAttribution), None)
+        }
+    }
+}
+
+/// Oldest kernel with every interface attribution uses: `SO_NETNS_COOKIE` (5.14), the cgroup
+/// `sock_release` hook (5.9), BPF links for cgroups (5.7) and BTF in `/sys/kernel/btf/vmlinux`.
+const MIN_KERNEL: (u32, u32) = (5, 14);
+
+/// Returns the kernel release when it is older than [`MIN_KERNEL`].
+fn kernel_too_old() -> Option<String> {
+    let release = nix::sys::utsname::uname()
+        .ok()?
+        .release()
+        .to_string_lossy()
+        .into_owned();
+    let mut numbers = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|part| part.parse::<u32>().ok());
+    let version = (numbers.next()?, numbers.next()?);
+    (version < MIN_KERNEL).then_some(release)
+}
+
+/// Logs the classifier's map failures when they grow, so a full map is never silent.
+async fn watch_counters(attribution: Arc<KernelAttribution>) {
+    let mut reported = tollgate_classifier::classifier::Counters::default();
+    let mut interval = tokio::time::interval(COUNTER_INTERVAL);
+    loop {
+        interval.tick().await;
+        let counters = match attribution.classifier().counters() {
+            Ok(counters) => counters,
+            Err(err) => {
+                warn!(error = %err, "failed to read attribution counters");
+                continue;
+            }
+        };
+        let failed = counters.socket_update_failed + counters.flow_update_failed;
+        let failed_before = reported.socket_update_failed + reported.flow_update_failed;
+        if failed > failed_before {
+            warn!(
+                socket_update_failed = counters.socket_update_failed,
+                flow_update_failed = counters.flow_update_failed,
+                "attribution maps rejected updates; some flows will show as unknown process"
+            );
+        }
+        if counters.socket_record_missing > reported.socket_record_missing {
+            debug!(
+                socket_record_missing = counters.socket_record_missing,
+                lookup_misses = counters.lookup_misses,
+                "flows without an owner record"
+            );
+        }
+        reported = counters;
+    }
 }
 
 fn bind_listeners(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
@@ -120,15 +240,15 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 
 /// State shared by the connection tasks and the control socket.
 pub struct Shared {
-    config: Config,
+    pub(crate) config: Config,
     state: Mutex<State>,
     store: RuleStore,
     events: broadcast::Sender<Event>,
     next_connection: AtomicU64,
-    active: AtomicUsize,
+    pub(crate) active: AtomicUsize,
     started: Instant,
     intercepting: bool,
-    owners: Box<dyn OwnerLookup>,
+    pub(crate) owners: Arc<dyn OwnerLookup>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
@@ -142,7 +262,13 @@ struct State {
 pub type RequestError = (ErrorCode, String);
 
 impl Shared {
-    fn new(config: Config, store: RuleStore, rules: RuleSet, intercepting: bool) -> Self {
+    fn new(
+        config: Config,
+        store: RuleStore,
+        rules: RuleSet,
+        intercepting: bool,
+        owners: Arc<dyn OwnerLookup>,
+    ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
             config,
@@ -156,7 +282,7 @@ impl Shared {
             active: AtomicUsize::new(0),
             started: Instant::now(),
             intercepting,
-            owners: Box::new(NoAttribution),
+            owners,
         }
     }
 
@@ -296,7 +422,12 @@ impl Shared {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    fn emit(&self, flow: &Flow, kind: EventKind) {
+    /// Returns a new connection identifier.
+    pub(crate) fn next_connection(&self) -> u64 {
+        self.next_connection.fetch_add(1, Ordering::Relaxed)
+    }
+
+    pub(crate) fn emit(&self, flow: &Flow, kind: EventKind) {
         // Sending fails only when nobody is watching, which is fine.
         let _ = self.events.send(Event {
             time_unix_ms: unix_ms(SystemTime::now()),
@@ -371,13 +502,13 @@ fn rule_for_pending(info: &PendingInfo, action: Action, lifetime: Lifetime, id: 
     }
 }
 
-/// The identity of one diverted connection.
-struct Flow {
-    connection: u64,
-    process: Option<ProcessInfo>,
-    source: SocketAddr,
-    destination: SocketAddr,
-    protocol: Protocol,
+/// The identity of one diverted connection or UDP flow.
+pub(crate) struct Flow {
+    pub(crate) connection: u64,
+    pub(crate) process: Option<ProcessInfo>,
+    pub(crate) source: SocketAddr,
+    pub(crate) destination: SocketAddr,
+    pub(crate) protocol: Protocol,
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
@@ -389,7 +520,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         }
     };
     let flow = Flow {
-        connection: shared.next_connection.fetch_add(1, Ordering::Relaxed),
+        connection: shared.next_connection(),
         process: shared.owners.lookup(Protocol::Tcp, source, destination),
         source,
         destination,
@@ -421,7 +552,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 
 /// Returns the verdict for a new connection: from a rule at once, or after holding it as a
 /// pending request until someone decides or the prompt times out.
-async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
+pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
         let connection = Connection {
@@ -516,7 +647,7 @@ async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {
     }
 }
 
-fn closed(bytes_up: u64, bytes_down: u64, error: Option<String>) -> EventKind {
+pub(crate) fn closed(bytes_up: u64, bytes_down: u64, error: Option<String>) -> EventKind {
     EventKind::Closed {
         bytes_up,
         bytes_down,
@@ -525,7 +656,7 @@ fn closed(bytes_up: u64, bytes_down: u64, error: Option<String>) -> EventKind {
 }
 
 /// Turns an IPv4-mapped IPv6 address into the IPv4 address it carries.
-fn unmap(address: SocketAddr) -> SocketAddr {
+pub(crate) fn unmap(address: SocketAddr) -> SocketAddr {
     match address {
         SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
             Some(v4) => SocketAddr::from((v4, v6.port())),

@@ -217,6 +217,12 @@ mod tests {
         NewHold {
             connection,
             process: pid.map(|pid| ProcessInfo {
+                gid: 0,
+                user: None,
+                ppid: None,
+                parent_executable: None,
+                script: None,
+                cgroup_id: 0,
                 pid,
                 uid: 0,
                 comm: "curl".into(),

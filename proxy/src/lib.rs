@@ -3,7 +3,8 @@
 //! - [`firewall`] installs the nftables table and policy routing that divert outbound TCP.
 //! - [`transparent`] opens the TPROXY listeners and the daemon's own upstream sockets.
 //! - [`holding`] keeps pending requests: connections waiting for a person's decision.
-//! - [`daemon`] ties these together: accept, look up rules, hold, relay or reset.
+//! - [`daemon`] ties these together: accept, look up rules, hold, relay or reset; [`udp`] does
+//!   the same for UDP flows.
 //! - [`control`] serves the control socket; [`protocol`] defines what is said on it, and
 //!   [`client`] is the other end.
 //! - [`config`] reads `/etc/tollgate/config.toml`.
@@ -17,3 +18,4 @@ pub mod firewall;
 pub mod holding;
 pub mod protocol;
 pub mod transparent;
+pub mod udp;

@@ -179,7 +179,8 @@ pub struct StatusInfo {
     pub default_action: Action,
 }
 
-/// Known facts about the process that opened a connection.
+/// Known facts about the process that opened a connection, captured in the kernel when it
+/// connected or sent, so they stay known after the process exits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcessInfo {
     /// Process id (thread group id).
@@ -190,6 +191,25 @@ pub struct ProcessInfo {
     pub comm: String,
     /// Executable path, when known.
     pub executable: Option<PathBuf>,
+    /// Group id the process ran as.
+    #[serde(default)]
+    pub gid: u32,
+    /// Name of the user `uid`, when the user database has one.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Parent process id, when known.
+    #[serde(default)]
+    pub ppid: Option<u32>,
+    /// Executable path of the parent process, when known.
+    #[serde(default)]
+    pub parent_executable: Option<PathBuf>,
+    /// Script an interpreter (python3, perl, sh, node...) runs, when the command line names
+    /// one, so the script rather than the interpreter identifies the program.
+    #[serde(default)]
+    pub script: Option<PathBuf>,
+    /// Id of the process's cgroup2 cgroup, which names its container or service.
+    #[serde(default)]
+    pub cgroup_id: u64,
 }
 
 /// A pending request: one or more identical held connections waiting for a decision.

@@ -1,9 +1,9 @@
-//! The lab's TCP echo server and bulk server, run inside the net namespace.
+//! The lab's echo servers (TCP and UDP) and bulk server, run inside the net namespace.
 //!
 //! The echo server returns every byte it receives until the client shuts down its side. The
 //! bulk server reads an 8-byte big-endian length, sends that many bytes of the pattern in
-//! `tollgate_integration::pattern`, then closes. Both listen dual-stack, so one IPv6 socket
-//! serves IPv4 clients too.
+//! `tollgate_integration::pattern`, then closes. The UDP echo servers send every datagram back
+//! to its sender. All listen dual-stack, so one IPv6 socket serves IPv4 clients too.
 
 use std::{io, net::SocketAddr, process::ExitCode, time::Duration};
 
@@ -11,9 +11,12 @@ use clap::Parser;
 use nix::sys::socket::{setsockopt, sockopt::Ipv6V6Only};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpSocket, TcpStream},
+    net::{TcpListener, TcpSocket, TcpStream, UdpSocket},
 };
-use tollgate_integration::pattern::fill_pattern;
+use tollgate_integration::{
+    pattern::fill_pattern,
+    topology::{QUIC_PORT, SERVER_ADDRS, UDP_ECHO_PORT},
+};
 
 /// TCP echo and bulk servers for the Tollgate lab.
 #[derive(Debug, Parser)]
@@ -25,6 +28,12 @@ struct Args {
     /// Address of the bulk server. An IPv6 address also accepts IPv4 clients.
     #[arg(long, default_value = "[::]:9000")]
     bulk: SocketAddr,
+
+    /// Addresses of the UDP echo servers. Each is bound on its own, because a wildcard socket
+    /// would answer from the address its route picks rather than the one asked. Default: ports 7
+    /// and 443 (standing in for QUIC) on every lab server address.
+    #[arg(long)]
+    udp_echo: Vec<SocketAddr>,
 }
 
 #[tokio::main]
@@ -43,13 +52,66 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("lab-server: echo on {}, bulk on {}", args.echo, args.bulk);
+    let mut udp_addresses = args.udp_echo.clone();
+    if udp_addresses.is_empty() {
+        for addr in SERVER_ADDRS {
+            udp_addresses.push(SocketAddr::new(addr, UDP_ECHO_PORT));
+            udp_addresses.push(SocketAddr::new(addr, QUIC_PORT));
+        }
+    }
+    let mut udp_sockets = Vec::new();
+    for addr in &udp_addresses {
+        match bind_udp_dual_stack(*addr) {
+            Ok(socket) => udp_sockets.push(socket),
+            Err(err) => {
+                eprintln!("lab-server: failed to bind UDP echo on {addr}: {err}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    eprintln!(
+        "lab-server: echo on {}, bulk on {}, UDP echo on {:?}",
+        args.echo, args.bulk, udp_addresses
+    );
 
+    for socket in udp_sockets {
+        tokio::spawn(udp_echo(socket));
+    }
     tokio::join!(
         serve(echo_listener, "echo", echo),
         serve(bulk_listener, "bulk", bulk)
     );
     ExitCode::SUCCESS
+}
+
+/// Binds a UDP socket, with IPV6_V6ONLY off for IPv6 addresses so IPv4 clients reach it too.
+fn bind_udp_dual_stack(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        None,
+    )?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(false)?;
+    }
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Sends every datagram back to its sender, forever.
+async fn udp_echo(socket: UdpSocket) {
+    let mut buffer = vec![0u8; 65_535];
+    loop {
+        match socket.recv_from(&mut buffer).await {
+            Ok((len, peer)) => {
+                if let Err(err) = socket.send_to(&buffer[..len], peer).await {
+                    eprintln!("lab-server: UDP echo to {peer} failed: {err}");
+                }
+            }
+            Err(err) => eprintln!("lab-server: UDP receive failed: {err}"),
+        }
+    }
 }
 
 /// Binds a listener, with IPV6_V6ONLY off for IPv6 addresses so IPv4 clients connect too.

@@ -23,6 +23,7 @@ use tokio::{
 };
 use tollgate_integration::{
     Lab, ProcessGuard,
+    cgroup::TestCgroup,
     topology::{DESK_V4, DESK_V6, SERVER_ADDRS},
     workspace_binary,
 };
@@ -94,11 +95,12 @@ fn run(args: &Args) -> anyhow::Result<ExitCode> {
     Ok(exit_code(status))
 }
 
-/// A running `tollgated` and its files.
+/// A running `tollgated`, its files and the cgroup whose processes it attributes.
 struct Daemon {
     process: ProcessGuard,
     socket_path: PathBuf,
     log_path: PathBuf,
+    cgroup: TestCgroup,
 }
 
 /// Starts `tollgated` in desk if its binary exists and waits for its control socket.
@@ -118,8 +120,15 @@ fn start_daemon(lab: &Lab) -> anyhow::Result<Option<Daemon>> {
     let log_path = work_dir.join("tollgated.log");
     fs::create_dir(&state_dir)
         .with_context(|| format!("failed to create {}", state_dir.display()))?;
-    fs::write(&config_path, daemon_config(&socket_path, &state_dir)?)
-        .with_context(|| format!("failed to write {}", config_path.display()))?;
+    // The daemon attributes only the lab's processes, which the session joins, and attaches
+    // nothing to the host's root cgroup.
+    let cgroup = TestCgroup::create(lab.name())
+        .with_context(|| format!("failed to create cgroup {}", lab.name()))?;
+    fs::write(
+        &config_path,
+        daemon_config(&socket_path, &state_dir, cgroup.path())?,
+    )
+    .with_context(|| format!("failed to write {}", config_path.display()))?;
 
     let log = fs::File::create(&log_path)
         .with_context(|| format!("failed to create {}", log_path.display()))?;
@@ -141,15 +150,17 @@ fn start_daemon(lab: &Lab) -> anyhow::Result<Option<Daemon>> {
         process,
         socket_path,
         log_path,
+        cgroup,
     }))
 }
 
 /// Returns the daemon's TOML configuration.
-fn daemon_config(socket_path: &Path, state_dir: &Path) -> anyhow::Result<String> {
+fn daemon_config(socket_path: &Path, state_dir: &Path, cgroup: &Path) -> anyhow::Result<String> {
     Ok(format!(
-        "control_socket = {}\nstate_dir = {}\n",
+        "control_socket = {}\nstate_dir = {}\n[attribution]\ncgroup = {}\n",
         toml_string(socket_path)?,
-        toml_string(state_dir)?
+        toml_string(state_dir)?,
+        toml_string(cgroup)?
     ))
 }
 
@@ -229,6 +240,10 @@ async fn run_session(
         .env("PATH", search_path()?);
     if let Some(daemon) = daemon {
         command.env("TOLLGATE_SOCKET", &daemon.socket_path);
+        daemon
+            .cgroup
+            .enter(&mut command)
+            .context("failed to prepare the session's cgroup")?;
     }
 
     let mut child = tokio::process::Command::from(command)

@@ -1,4 +1,4 @@
-//! Diverting the network namespace's outbound TCP to the daemon: the nftables table and the
+//! Diverting the network namespace's outbound TCP and UDP to the daemon: the nftables table and the
 //! policy routing, installed together and removed together.
 
 pub mod nft;
@@ -75,6 +75,7 @@ impl Interception {
         Self {
             table: TableSpec {
                 tcp_port: config.tcp_port,
+                udp_port: config.udp_port,
                 intercept_mark: config.intercept_mark,
                 bypass_mark: config.bypass_mark,
             },

@@ -1,8 +1,8 @@
 //! The daemon's nftables table, `inet tollgate`, built and removed over netlink.
 //!
-//! The table has two chains. `output` (route hook, mangle priority) marks outbound TCP so policy
-//! routing loops it through `lo`; `prerouting` hands the looped packets to the transparent
-//! listeners with TPROXY, and resets TCP that no listener took. Other tables are never read or changed.
+//! The table has two chains. `output` (route hook, mangle priority) marks outbound TCP and UDP so
+//! policy routing loops it through `lo`; `prerouting` hands the looped packets to the transparent
+//! listeners with TPROXY, and resets or drops what no listener took. Other tables are never read or changed.
 
 use std::{
     ffi::CStr,
@@ -36,6 +36,8 @@ const RTN_LOCAL: u32 = 2;
 pub struct TableSpec {
     /// Loopback port of the transparent TCP listeners.
     pub tcp_port: u16,
+    /// Loopback port of the transparent UDP listeners.
+    pub udp_port: u16,
     /// Mark bit set on packets to divert.
     pub intercept_mark: u32,
     /// Mark of the daemon's own sockets.
@@ -149,13 +151,15 @@ fn output_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Vec<Rule<'a>> {
         rules.push(rule);
     }
 
-    let mut mark = Rule::new(chain);
-    mark.add_expr(&nft_expr!(meta l4proto));
-    mark.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
-    mark.add_expr(&nft_expr!(meta mark));
-    mark.add_expr(&Bitwise::new(!spec.intercept_mark, spec.intercept_mark));
-    mark.add_expr(&nft_expr!(meta mark set));
-    rules.push(mark);
+    for protocol in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
+        let mut mark = Rule::new(chain);
+        mark.add_expr(&nft_expr!(meta l4proto));
+        mark.add_expr(&Cmp::new(CmpOp::Eq, protocol as u8));
+        mark.add_expr(&nft_expr!(meta mark));
+        mark.add_expr(&Bitwise::new(!spec.intercept_mark, spec.intercept_mark));
+        mark.add_expr(&nft_expr!(meta mark set));
+        rules.push(mark);
+    }
 
     rules
 }
@@ -180,48 +184,56 @@ fn prerouting_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Vec<Rule<'a>>
     unmarked.add_expr(&nft_expr!(verdict return));
     rules.push(unmarked);
 
-    let port = spec.tcp_port.to_be();
-    let mut v4 = Rule::new(chain);
-    v4.add_expr(&nft_expr!(meta nfproto));
-    v4.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV4 as u8));
-    v4.add_expr(&nft_expr!(meta l4proto));
-    v4.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
-    v4.add_expr(&Immediate::new(
-        Ipv4Addr::LOCALHOST.octets(),
-        Register::Reg1,
-    ));
-    v4.add_expr(&Immediate::new(port, Register::Reg2));
-    v4.add_expr(&Tproxy {
-        family: libc::NFPROTO_IPV4,
-    });
-    v4.add_expr(&nft_expr!(verdict accept));
-    rules.push(v4);
+    let listeners = [
+        (libc::IPPROTO_TCP, spec.tcp_port),
+        (libc::IPPROTO_UDP, spec.udp_port),
+    ];
+    for (protocol, port) in listeners {
+        rules.push(tproxy_rule(chain, libc::NFPROTO_IPV4, protocol, port));
+        rules.push(tproxy_rule(chain, libc::NFPROTO_IPV6, protocol, port));
+    }
 
-    let mut v6 = Rule::new(chain);
-    v6.add_expr(&nft_expr!(meta nfproto));
-    v6.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV6 as u8));
-    v6.add_expr(&nft_expr!(meta l4proto));
-    v6.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
-    v6.add_expr(&Immediate::new(
-        Ipv6Addr::LOCALHOST.octets(),
-        Register::Reg1,
-    ));
-    v6.add_expr(&Immediate::new(port, Register::Reg2));
-    v6.add_expr(&Tproxy {
-        family: libc::NFPROTO_IPV6,
-    });
-    v6.add_expr(&nft_expr!(verdict accept));
-    rules.push(v6);
-
-    // TPROXY falls through when no listener exists, as after a crash of the daemon: reset
-    // the connection instead of letting it reach the local stack.
-    let mut orphan = Rule::new(chain);
-    orphan.add_expr(&nft_expr!(meta l4proto));
-    orphan.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
-    orphan.add_expr(&TcpReset);
-    rules.push(orphan);
+    // TPROXY falls through when no listener exists, as after a crash of the daemon: stop the
+    // packet instead of letting it reach the local stack. TCP gets a reset, so programs fail
+    // at once.
+    let mut tcp_orphan = Rule::new(chain);
+    tcp_orphan.add_expr(&nft_expr!(meta l4proto));
+    tcp_orphan.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_TCP as u8));
+    tcp_orphan.add_expr(&Reject::TCP_RESET);
+    rules.push(tcp_orphan);
+    // NOTE: an ICMP reject here sends nothing for packets looped through `lo` (verified on
+    // Linux 6.18), so orphaned UDP is dropped and the program sees a timeout.
+    let mut udp_orphan = Rule::new(chain);
+    udp_orphan.add_expr(&nft_expr!(meta l4proto));
+    udp_orphan.add_expr(&Cmp::new(CmpOp::Eq, libc::IPPROTO_UDP as u8));
+    udp_orphan.add_expr(&nft_expr!(verdict drop));
+    rules.push(udp_orphan);
 
     rules
+}
+
+/// `meta nfproto FAMILY meta l4proto PROTOCOL tproxy to [LOOPBACK]:PORT accept`.
+fn tproxy_rule<'a>(chain: &'a Chain<'a>, family: i32, protocol: i32, port: u16) -> Rule<'a> {
+    let mut rule = Rule::new(chain);
+    rule.add_expr(&nft_expr!(meta nfproto));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, family as u8));
+    rule.add_expr(&nft_expr!(meta l4proto));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, protocol as u8));
+    if family == libc::NFPROTO_IPV4 {
+        rule.add_expr(&Immediate::new(
+            Ipv4Addr::LOCALHOST.octets(),
+            Register::Reg1,
+        ));
+    } else {
+        rule.add_expr(&Immediate::new(
+            Ipv6Addr::LOCALHOST.octets(),
+            Register::Reg1,
+        ));
+    }
+    rule.add_expr(&Immediate::new(port.to_be(), Register::Reg2));
+    rule.add_expr(&Tproxy { family });
+    rule.add_expr(&nft_expr!(verdict accept));
+    rule
 }
 
 fn v4_mask(prefix: u32) -> Ipv4Addr {
@@ -286,22 +298,29 @@ impl Expression for Tproxy {
     }
 }
 
-/// `reject with tcp reset`.
-struct TcpReset;
+/// `reject`: answers the packet with a TCP reset, then drops it.
+struct Reject {
+    kind: u32,
+    code: u8,
+}
 
-impl Expression for TcpReset {
+impl Reject {
+    /// `reject with tcp reset`.
+    const TCP_RESET: Self = Self {
+        kind: libc::NFT_REJECT_TCP_RST as u32,
+        code: 0,
+    };
+}
+
+impl Expression for Reject {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         let expr = alloc_expr(c"reject");
         // SAFETY: `expr` is a live expression of type reject; its type is a u32 and its code a
         // u8, as libnftnl's reject expression defines them.
         unsafe {
             let raw = expr.as_ptr();
-            sys::nftnl_expr_set_u32(
-                raw,
-                sys::NFTNL_EXPR_REJECT_TYPE as u16,
-                libc::NFT_REJECT_TCP_RST as u32,
-            );
-            sys::nftnl_expr_set_u8(raw, sys::NFTNL_EXPR_REJECT_CODE as u16, 0);
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_REJECT_TYPE as u16, self.kind);
+            sys::nftnl_expr_set_u8(raw, sys::NFTNL_EXPR_REJECT_CODE as u16, self.code);
         }
         expr
     }
