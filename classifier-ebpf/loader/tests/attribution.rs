@@ -398,3 +398,55 @@ fn process_start_time(pid: u32) -> Duration {
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_nanos(ticks * 1_000_000_000 / ticks_per_second)
 }
+
+/// Python client that connects from a fixed source port, so two namespaces produce the same
+/// 4-tuple, then sends its pid.
+const FIXED_PORT_TCP_CLIENT: &str = "
+import os, socket, sys
+host, port = sys.argv[1], int(sys.argv[2])
+with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+    s.bind((host, 40123))
+    s.connect((host, port))
+    s.sendall(str(os.getpid()).encode())
+";
+
+#[test]
+fn same_flow_in_two_namespaces_has_two_owners() {
+    support::require_root();
+    let fixture = Fixture::new();
+    let other_netns = support::TestNetns::new();
+    let other_launcher = ClientLauncher::new(&fixture.cgroup, &other_netns);
+    let first_server = TcpServer::bind(&fixture.netns, "127.0.0.1:7070");
+    let second_server = TcpServer::bind(&other_netns, "127.0.0.1:7070");
+    let target: SocketAddr = "127.0.0.1:7070".parse().unwrap();
+
+    let client = |launcher: &ClientLauncher| {
+        let mut command = Command::new(python_path_cached());
+        command.args(["-S", "-c", FIXED_PORT_TCP_CLIENT, "127.0.0.1", "7070"]);
+        launcher.prepare(command)
+    };
+    // Both flows exist before either is looked up: the same 4-tuple in both namespaces.
+    let first_child = client(&fixture.launcher).spawn().unwrap();
+    let first = first_server.receive(1).pop().unwrap();
+    let second_child = client(&other_launcher).spawn().unwrap();
+    let second = second_server.receive(1).pop().unwrap();
+    assert_eq!(first.lookup.src, second.lookup.src);
+    assert_eq!(first.lookup.dst, target);
+    assert_ne!(first.lookup.netns_cookie, second.lookup.netns_cookie);
+
+    let first_owner = fixture
+        .classifier
+        .lookup(&first.lookup)
+        .expect("first owner");
+    let second_owner = fixture
+        .classifier
+        .lookup(&second.lookup)
+        .expect("second owner");
+    assert_eq!(first_owner.pid, first_child.id());
+    assert_eq!(second_owner.pid, second_child.id());
+    assert_eq!(first.reported_pid, first_child.id());
+    assert_eq!(second.reported_pid, second_child.id());
+    for mut child in [first_child, second_child] {
+        assert!(child.wait().unwrap().success());
+    }
+}
