@@ -585,3 +585,57 @@ fn garbage_on_socket_disconnects() {
     // The daemon still works afterwards.
     assert_cli_ok(&daemon.run_cli(&["status"]), "tollgate status");
 }
+
+#[test]
+fn disable_passes_traffic_and_enable_holds() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let disabled = daemon.run_cli(&["disable"]);
+    assert_cli_ok(&disabled, "tollgate disable");
+    assert!(text(&disabled.stdout).contains("disabled"));
+    let (ruleset, rules_v4, _, _) = desk_state(&lab);
+    assert!(!ruleset.contains("tollgate"), "{ruleset}");
+    assert!(!rules_v4.contains("fwmark"), "{rules_v4}");
+    let status = daemon.run_cli(&["status"]);
+    assert!(
+        text(&status.stdout).contains("intercepting:       no"),
+        "{}",
+        text(&status.stdout)
+    );
+
+    let direct = curl_now(&lab, SERVER_A_V4.into());
+    assert!(direct.status.success(), "{}", text(&direct.stderr));
+    assert!(daemon.pending().is_empty());
+
+    assert_cli_ok(&daemon.run_cli(&["enable"]), "tollgate enable");
+    let curl = spawn_curl(&lab, SERVER_A_V4.into());
+    let id = only_pending_id(&daemon);
+    assert_cli_ok(&daemon.run_cli(&["deny", &id]), "tollgate deny");
+    assert_eq!(wait(curl).status.code(), Some(56));
+}
+
+#[test]
+fn held_limit_applies_default_action() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "max_held_connections = 2");
+    let first = spawn_curl(&lab, SERVER_A_V4.into());
+    let second = spawn_curl(&lab, SERVER_B_V4.into());
+    daemon.wait_for_held(2, WAIT);
+
+    // The third connection finds the limit reached and is reset at once, which curl reports
+    // as a failed connect (7) or a failed receive (56) depending on timing.
+    let third = curl_now(&lab, SERVER_A_V6.into());
+    assert!(
+        matches!(third.status.code(), Some(7 | 56)),
+        "{}",
+        text(&third.stderr)
+    );
+    assert_eq!(daemon.pending().len(), 2);
+
+    for request in daemon.pending() {
+        let id = request["id"].to_string();
+        assert_cli_ok(&daemon.run_cli(&["allow", &id]), "tollgate allow");
+    }
+    assert!(wait(first).status.success());
+    assert!(wait(second).status.success());
+}

@@ -38,6 +38,9 @@ pub struct Config {
     pub udp_idle_timeout_secs: u64,
     /// Datagrams of a UDP flow kept while it waits for a decision; later ones are dropped.
     pub udp_queue_limit: usize,
+    /// Connections and UDP flows held at once, across all pending requests. A new one beyond
+    /// this gets the default action at once, which keeps memory and descriptors bounded.
+    pub max_held_connections: usize,
     /// Interception settings.
     pub interception: InterceptionConfig,
     /// Process attribution settings.
@@ -96,6 +99,7 @@ impl Default for Config {
             upstream_connect_timeout_secs: 10,
             udp_idle_timeout_secs: 60,
             udp_queue_limit: 64,
+            max_held_connections: 16_384,
             interception: InterceptionConfig::default(),
             attribution: AttributionConfig::default(),
         }
@@ -204,6 +208,9 @@ impl Config {
         }
         if self.udp_idle_timeout_secs == 0 {
             return Err("udp_idle_timeout_secs must be at least 1".into());
+        }
+        if self.max_held_connections == 0 {
+            return Err("max_held_connections must be at least 1".into());
         }
         if self.udp_queue_limit == 0 {
             return Err("udp_queue_limit must be at least 1".into());

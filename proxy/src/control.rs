@@ -158,14 +158,14 @@ async fn serve_client(stream: UnixStream, shared: &Shared, allowed: &[u32]) -> i
         if envelope.request == Request::Watch {
             return watch(reader, write, shared.subscribe()).await;
         }
-        let response = handle(shared, envelope.request);
+        let response = handle(shared, envelope.request).await;
         send(&mut write, &response).await?;
     }
 }
 
-fn handle(shared: &Shared, request: Request) -> Response {
+async fn handle(shared: &Shared, request: Request) -> Response {
     let result = match request {
-        Request::Status => Ok(Response::Status(shared.status())),
+        Request::Status => Ok(Response::Status(shared.status().await)),
         Request::ListPending => Ok(Response::Pending {
             requests: shared.pending(),
         }),
@@ -179,6 +179,7 @@ fn handle(shared: &Shared, request: Request) -> Response {
         }),
         Request::AddRule { rule } => shared.add_rule(rule),
         Request::RemoveRule { id } => shared.remove_rule(id),
+        Request::SetInterception { enabled } => shared.set_interception(enabled).await,
         // Handled by the caller, which turns the connection into an event stream.
         Request::Watch => Ok(Response::Watching),
     };

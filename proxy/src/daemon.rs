@@ -73,13 +73,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let (owners, classifier_counters) = load_attribution(&config);
-    let shared = Arc::new(Shared::new(
-        config,
-        store,
-        rules,
-        interception.is_some(),
-        owners,
-    ));
+    let shared = Arc::new(Shared::new(config, store, rules, interception, owners));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(counters) = classifier_counters {
         tasks.spawn(counters);
@@ -95,7 +89,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     shutdown.await;
     info!("shutting down");
     tasks.abort_all();
-    if let Some(interception) = interception
+    if let Some(interception) = shared.interception.lock().await.take()
         && let Err(err) = interception.remove().await
     {
         error!(error = %format!("{err:#}"), "failed to remove interception");
@@ -247,7 +241,10 @@ pub struct Shared {
     next_connection: AtomicU64,
     pub(crate) active: AtomicUsize,
     started: Instant,
-    intercepting: bool,
+    /// Second of uptime in which the held-connection limit was last logged.
+    limit_reported: AtomicU64,
+    /// The installed interception, `None` while it is off.
+    interception: tokio::sync::Mutex<Option<Interception>>,
     pub(crate) owners: Arc<dyn OwnerLookup>,
 }
 
@@ -266,7 +263,7 @@ impl Shared {
         config: Config,
         store: RuleStore,
         rules: RuleSet,
-        intercepting: bool,
+        interception: Option<Interception>,
         owners: Arc<dyn OwnerLookup>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -281,19 +278,21 @@ impl Shared {
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             started: Instant::now(),
-            intercepting,
+            limit_reported: AtomicU64::new(u64::MAX),
+            interception: tokio::sync::Mutex::new(interception),
             owners,
         }
     }
 
     /// Returns the daemon's status.
-    pub fn status(&self) -> StatusInfo {
+    pub async fn status(&self) -> StatusInfo {
+        let intercepting = self.interception.lock().await.is_some();
         let state = self.lock();
         StatusInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             pid: std::process::id(),
             uptime_secs: self.started.elapsed().as_secs(),
-            intercepting: self.intercepting,
+            intercepting,
             pending_requests: state.pending.len(),
             held_connections: state.pending.held_connections(),
             rules: state.rules.len(),
@@ -301,6 +300,43 @@ impl Shared {
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
         }
+    }
+
+    /// Installs or removes the interception, leaving the daemon running. Held connections keep
+    /// waiting for their verdicts either way.
+    pub async fn set_interception(&self, enabled: bool) -> Result<Response, RequestError> {
+        let mut interception = self.interception.lock().await;
+        match (enabled, interception.take()) {
+            (true, None) => {
+                let installed = Interception::install(&self.config.interception)
+                    .await
+                    .map_err(|err| {
+                        error!(error = %format!("{err:#}"), "failed to install interception");
+                        (
+                            ErrorCode::Internal,
+                            format!("failed to enable interception: {err:#}"),
+                        )
+                    })?;
+                *interception = Some(installed);
+                warn!("interception enabled by control request");
+            }
+            (false, Some(installed)) => {
+                if let Err(err) = installed.remove().await {
+                    error!(error = %format!("{err:#}"), "failed to remove interception");
+                    // Whatever is left still diverts traffic, so report it as installed.
+                    *interception = Interception::install(&self.config.interception).await.ok();
+                    return Err((
+                        ErrorCode::Internal,
+                        format!("failed to disable interception: {err:#}"),
+                    ));
+                }
+                warn!("interception disabled by control request; traffic passes unfiltered");
+            }
+            (_, current) => *interception = current,
+        }
+        Ok(Response::Interception {
+            enabled: interception.is_some(),
+        })
     }
 
     /// Returns the pending requests, oldest first.
@@ -420,6 +456,18 @@ impl Shared {
         self.state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Logs that the held-connection limit was reached, at most once per second.
+    fn report_limit(&self) {
+        let now = self.started.elapsed().as_secs();
+        if self.limit_reported.swap(now, Ordering::Relaxed) != now {
+            warn!(
+                limit = self.config.max_held_connections,
+                action = %self.config.default_action,
+                "too many held connections; applying the default action to new ones"
+            );
+        }
     }
 
     /// Returns a new connection identifier.
@@ -568,6 +616,13 @@ pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
             return Verdict {
                 action: rule.action,
                 by: DecidedBy::Rule { rule: rule.id },
+            };
+        }
+        if state.pending.held_connections() >= shared.config.max_held_connections {
+            shared.report_limit();
+            return Verdict {
+                action: shared.config.default_action,
+                by: DecidedBy::Limit,
             };
         }
         let (sender, receiver) = oneshot::channel();

@@ -67,6 +67,8 @@ pub struct PendingTable {
     next_id: u64,
     groups: BTreeMap<u64, PendingGroup>,
     index: HashMap<GroupKey, u64>,
+    /// Connections held across all groups, kept so the limit check needs no sum.
+    held: usize,
 }
 
 /// A connection to hold, as [`PendingTable::hold`] takes it.
@@ -112,6 +114,7 @@ impl PendingTable {
         {
             group.connections.push(held);
             group.info.connections = group.connections.len();
+            self.held += 1;
             return (*id, false);
         }
 
@@ -134,6 +137,7 @@ impl PendingTable {
             },
         );
         self.index.insert(key, id);
+        self.held += 1;
         (id, true)
     }
 
@@ -141,6 +145,7 @@ impl PendingTable {
     pub fn take(&mut self, id: u64) -> Option<PendingGroup> {
         let group = self.groups.remove(&id)?;
         self.index.retain(|_, value| *value != id);
+        self.held -= group.connections.len();
         Some(group)
     }
 
@@ -169,6 +174,7 @@ impl PendingTable {
             .position(|held| held.connection == connection)?;
         let held = group.connections.swap_remove(position);
         group.info.connections = group.connections.len();
+        self.held -= 1;
         if group.connections.is_empty() {
             self.take(id);
         }

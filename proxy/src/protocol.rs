@@ -68,6 +68,12 @@ pub enum Request {
     },
     /// Streams connection events until the client disconnects.
     Watch,
+    /// Turns interception on or off without stopping the daemon. Off removes the nftables table
+    /// and policy routes, so traffic passes unfiltered; on installs them again.
+    SetInterception {
+        /// Whether connections are diverted to the daemon.
+        enabled: bool,
+    },
 }
 
 /// A rule as a client submits it, before the daemon assigns an id and a creation time.
@@ -125,6 +131,11 @@ pub enum Response {
     },
     /// First reply to [`Request::Watch`]; events follow.
     Watching,
+    /// Reply to [`Request::SetInterception`].
+    Interception {
+        /// Whether connections are diverted to the daemon now.
+        enabled: bool,
+    },
     /// A connection event, streamed after [`Response::Watching`].
     Event(Event),
     /// The request failed.
@@ -291,4 +302,7 @@ pub enum DecidedBy {
     User,
     /// No decision came before the prompt timeout, so the default action applied.
     Timeout,
+    /// The daemon already held `max_held_connections` connections, so the default action
+    /// applied at once.
+    Limit,
 }

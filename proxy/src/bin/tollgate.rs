@@ -48,6 +48,10 @@ enum Command {
     /// List, add or remove rules.
     #[command(subcommand)]
     Rules(RulesCommand),
+    /// Stop diverting connections, without stopping the daemon: traffic passes unfiltered.
+    Disable,
+    /// Divert connections to the daemon again after `tollgate disable`.
+    Enable,
     /// Print connection events as they happen, until interrupted.
     Watch {
         /// Print one JSON object per line.
@@ -205,6 +209,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deny(args) => decide(&mut client, &args, Action::Deny).await?,
         Command::Rules(command) => rules(&mut client, command).await?,
         Command::Watch { json } => watch(&mut client, json).await?,
+        Command::Disable | Command::Enable => {
+            let enabled = matches!(cli.command, Command::Enable);
+            let request = Request::SetInterception { enabled };
+            let Response::Interception { enabled } = expect(client.request(request).await?)? else {
+                bail!("unexpected reply to interception change");
+            };
+            if enabled {
+                println!("interception enabled: new connections are held until decided");
+            } else {
+                println!(
+                    "interception disabled: traffic passes unfiltered until `tollgate enable`"
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -433,6 +451,7 @@ fn describe_event(event: &Event) -> String {
                 DecidedBy::Rule { rule } => format!("rule {rule}"),
                 DecidedBy::User => "user".to_owned(),
                 DecidedBy::Timeout => "timeout".to_owned(),
+                DecidedBy::Limit => "held-connection limit".to_owned(),
             };
             format!("{action:<8} {flow} by {process} ({by})")
         }
