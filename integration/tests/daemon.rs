@@ -639,3 +639,54 @@ fn held_limit_applies_default_action() {
     assert!(wait(first).status.success());
     assert!(wait(second).status.success());
 }
+
+#[test]
+fn forever_allow_passes_while_daemon_dead() {
+    let lab = start_lab();
+    let mut daemon = start_daemon(&lab, "");
+    let added = daemon.run_cli(&[
+        "rules",
+        "add",
+        "--action",
+        "allow",
+        "--to",
+        "203.0.113.20",
+        "--port",
+        "80",
+        "--protocol",
+        "tcp",
+    ]);
+    assert_cli_ok(&added, "tollgate rules add");
+    let (ruleset, ..) = desk_state(&lab);
+    assert!(
+        ruleset.contains("ip daddr 203.0.113.20 tcp dport 80 accept"),
+        "{ruleset}"
+    );
+
+    // While the daemon runs, the rule is applied by the daemon: the flow is seen.
+    assert!(curl_now(&lab, SERVER_B_V4.into()).status.success());
+
+    daemon.kill().unwrap();
+    // The kernel notices within a few seconds, when the daemon's heartbeat element expires.
+    let mut passed = false;
+    for _ in 0..100 {
+        if curl_now(&lab, SERVER_B_V4.into()).status.success() {
+            passed = true;
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        passed,
+        "forever-allowed destination still blocked with the daemon dead"
+    );
+    // Everything else stays blocked.
+    assert_eq!(curl_now(&lab, SERVER_A_V4.into()).status.code(), Some(7));
+
+    // After a restart the daemon holds connections again.
+    daemon.restart(&lab).unwrap_or_else(|err| panic!("{err:#}"));
+    let curl = spawn_curl(&lab, SERVER_A_V4.into());
+    let id = only_pending_id(&daemon);
+    assert_cli_ok(&daemon.run_cli(&["deny", &id]), "tollgate deny");
+    assert_eq!(wait(curl).status.code(), Some(56));
+}

@@ -3,7 +3,7 @@
 
 use std::{
     future::Future,
-    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
         atomic::{AtomicU64, AtomicUsize, Ordering},
@@ -27,7 +27,7 @@ use crate::{
     attribution::{KernelAttribution, NoAttribution, OwnerLookup},
     config::Config,
     control::{self, ControlListener},
-    firewall::Interception,
+    firewall::{HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     protocol::{
         DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
@@ -63,7 +63,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let udp_listeners = udp::bind_listeners(&config)?;
     let interception = if config.interception.enabled {
         Some(
-            Interception::install(&config.interception)
+            Interception::install(&config.interception, &kernel_allows(&rules))
                 .await
                 .context("failed to install interception")?,
         )
@@ -85,6 +85,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tasks.spawn(udp::serve(Arc::clone(&shared), listener));
     }
     tasks.spawn(control.serve(Arc::clone(&shared)));
+    tasks.spawn(keep_kernel_state(Arc::clone(&shared)));
 
     shutdown.await;
     info!("shutting down");
@@ -245,6 +246,8 @@ pub struct Shared {
     limit_reported: AtomicU64,
     /// The installed interception, `None` while it is off.
     interception: tokio::sync::Mutex<Option<Interception>>,
+    /// Wakes the task that copies forever-allow rules into the kernel.
+    rules_changed: tokio::sync::Notify,
     pub(crate) owners: Arc<dyn OwnerLookup>,
 }
 
@@ -280,6 +283,7 @@ impl Shared {
             started: Instant::now(),
             limit_reported: AtomicU64::new(u64::MAX),
             interception: tokio::sync::Mutex::new(interception),
+            rules_changed: tokio::sync::Notify::new(),
             owners,
         }
     }
@@ -308,7 +312,8 @@ impl Shared {
         let mut interception = self.interception.lock().await;
         match (enabled, interception.take()) {
             (true, None) => {
-                let installed = Interception::install(&self.config.interception)
+                let allowed = kernel_allows(&self.lock().rules);
+                let installed = Interception::install(&self.config.interception, &allowed)
                     .await
                     .map_err(|err| {
                         error!(error = %format!("{err:#}"), "failed to install interception");
@@ -324,7 +329,10 @@ impl Shared {
                 if let Err(err) = installed.remove().await {
                     error!(error = %format!("{err:#}"), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
-                    *interception = Interception::install(&self.config.interception).await.ok();
+                    let allowed = kernel_allows(&self.lock().rules);
+                    *interception = Interception::install(&self.config.interception, &allowed)
+                        .await
+                        .ok();
                     return Err((
                         ErrorCode::Internal,
                         format!("failed to disable interception: {err:#}"),
@@ -435,6 +443,7 @@ impl Shared {
             })?;
         }
         state.rules.remove(id);
+        self.rules_changed.notify_one();
         info!(rule = %id, "rule removed");
         Ok(Response::RuleRemoved { id })
     }
@@ -447,6 +456,7 @@ impl Shared {
             })?;
         }
         state.rules.insert(rule);
+        self.rules_changed.notify_one();
         Ok(())
     }
 
@@ -487,6 +497,80 @@ impl Shared {
             kind,
         });
     }
+}
+
+/// Keeps the kernel's copy of the daemon's state current: refreshes the `alive` element that
+/// tells the table the daemon runs, and copies forever-allow rules into it after each change.
+async fn keep_kernel_state(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut failing = false;
+    loop {
+        let rules_changed = tokio::select! {
+            _ = interval.tick() => false,
+            () = shared.rules_changed.notified() => true,
+        };
+        let interception = shared.interception.lock().await;
+        let Some(interception) = interception.as_ref() else {
+            continue;
+        };
+        let result = if rules_changed {
+            let allowed = kernel_allows(&shared.lock().rules);
+            debug!(
+                destinations = allowed.len(),
+                "updating forever-allowed destinations"
+            );
+            interception.replace_allowed(&allowed)
+        } else {
+            interception.heartbeat()
+        };
+        match result {
+            Ok(()) => failing = false,
+            // Logged once per run of failures, since it repeats every second.
+            Err(err) if !failing => {
+                failing = true;
+                error!(error = %format!("{err:#}"), "failed to update the kernel's state");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+/// Returns the destinations the kernel lets pass on its own while the daemon is down: those of
+/// enabled forever-allow rules for any process. Rules for one executable cannot be checked
+/// without the daemon, so their traffic is stopped like the rest.
+///
+/// NOTE: a deny rule for one executable that overlaps such a destination is not applied while
+/// the daemon is down.
+fn kernel_allows(rules: &RuleSet) -> Vec<KernelAllow> {
+    rules
+        .iter()
+        .filter(|rule| {
+            rule.enabled
+                && rule.action == Action::Allow
+                && rule.lifetime == Lifetime::Forever
+                && rule.subject == Subject::Any
+        })
+        .map(|rule| KernelAllow {
+            network: match rule.destination.address {
+                AddressMatch::Any => None,
+                AddressMatch::Ip(IpAddr::V4(ip)) => Some((IpAddr::V4(ip), 32)),
+                AddressMatch::Ip(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+                    Some(v4) => Some((IpAddr::V4(v4), 32)),
+                    None => Some((IpAddr::V6(ip), 128)),
+                },
+                AddressMatch::Cidr(cidr) => Some((cidr.addr, cidr.prefix)),
+            },
+            protocol: match rule.destination.protocol {
+                ProtocolMatch::Any => None,
+                ProtocolMatch::Tcp => Some(libc::IPPROTO_TCP as u8),
+                ProtocolMatch::Udp => Some(libc::IPPROTO_UDP as u8),
+            },
+            port: match rule.destination.port {
+                PortMatch::Any => None,
+                PortMatch::Port(port) => Some(port),
+            },
+        })
+        .collect()
 }
 
 /// Settles every pending request that the current rules decide. Returns the number of

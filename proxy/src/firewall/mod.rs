@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::config::InterceptionConfig;
 
 pub use self::{
-    nft::{NftError, TableSpec},
+    nft::{HEARTBEAT_INTERVAL, KernelAllow, NftError, TableSpec},
     routing::{RoutingError, RoutingSpec},
 };
 
@@ -35,12 +35,16 @@ pub struct Interception {
 
 impl Interception {
     /// Installs the table and the policy routing, replacing leftovers of an earlier run.
-    pub async fn install(config: &InterceptionConfig) -> Result<Self, FirewallError> {
+    /// `allowed` lists the destinations that pass without the daemon once it is gone.
+    pub async fn install(
+        config: &InterceptionConfig,
+        allowed: &[KernelAllow],
+    ) -> Result<Self, FirewallError> {
         let interception = Self::from_config(config);
         // Routes first: with the table in place but no routes, marked packets would leave
         // without being diverted.
         routing::install(&interception.routing).await?;
-        if let Err(err) = nft::install(&interception.table) {
+        if let Err(err) = nft::install(&interception.table, allowed) {
             if let Err(undo) = routing::remove(&interception.routing).await {
                 warn!(error = %undo, "failed to remove policy routing after a failed install");
             }
@@ -53,6 +57,16 @@ impl Interception {
             "interception installed"
         );
         Ok(interception)
+    }
+
+    /// Tells the kernel that the daemon still runs; see [`HEARTBEAT_INTERVAL`].
+    pub fn heartbeat(&self) -> Result<(), FirewallError> {
+        Ok(nft::heartbeat()?)
+    }
+
+    /// Replaces the destinations that pass without the daemon once it is gone.
+    pub fn replace_allowed(&self, allowed: &[KernelAllow]) -> Result<(), FirewallError> {
+        Ok(nft::replace_allowed(allowed)?)
     }
 
     /// Removes the table and the policy routing.

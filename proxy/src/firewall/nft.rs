@@ -7,21 +7,35 @@
 use std::{
     ffi::CStr,
     io,
-    net::{Ipv4Addr, Ipv6Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     ptr::NonNull,
 };
 
 use nftnl::{
     Batch, Chain, ChainType, FinalizedBatch, Hook, MsgType, Policy, ProtoFamily, Rule, Table,
-    expr::{Bitwise, Cmp, CmpOp, Expression, Immediate, InterfaceName, Register},
+    expr::{
+        Bitwise, Cmp, CmpOp, Expression, Immediate, InterfaceName, Payload, Register,
+        TcpHeaderField, TransportHeaderField, UdpHeaderField,
+    },
     nft_expr,
     nftnl_sys::{self as sys, libc},
+    set::Set,
 };
 
 /// Name of the daemon's table in the `inet` family.
 pub const TABLE_NAME: &CStr = c"tollgate";
 const OUTPUT_CHAIN: &CStr = c"output";
 const PREROUTING_CHAIN: &CStr = c"prerouting";
+const ALLOWED_CHAIN: &CStr = c"allowed";
+/// Set whose one element, refreshed by the running daemon, expires when the daemon dies.
+const ALIVE_SET: &CStr = c"alive";
+/// The key of the `alive` element: any constant works.
+const ALIVE_KEY: Ipv4Addr = Ipv4Addr::LOCALHOST;
+/// Lifetime of the `alive` element. The daemon refreshes it every [`HEARTBEAT_INTERVAL`], so
+/// forever-allowed traffic passes from at most this long after a crash.
+pub const ALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
+/// How often the daemon refreshes the `alive` element.
+pub const HEARTBEAT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Priority of both chains: `mangle`, as `nft` names it.
 const MANGLE_PRIORITY: i32 = -150;
@@ -44,6 +58,18 @@ pub struct TableSpec {
     pub bypass_mark: u32,
 }
 
+/// A destination that a forever rule allows for every process, which the kernel lets pass on
+/// its own while the daemon is down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KernelAllow {
+    /// Destination network, or `None` for any address.
+    pub network: Option<(IpAddr, u8)>,
+    /// IP protocol number (TCP or UDP), or `None` for both.
+    pub protocol: Option<u8>,
+    /// Destination port, or `None` for any port.
+    pub port: Option<u16>,
+}
+
 /// Errors applying a batch to nftables.
 #[derive(Debug, thiserror::Error)]
 pub enum NftError {
@@ -63,7 +89,11 @@ pub enum NftError {
 
 /// Replaces the table with a fresh one built from `spec`, in one atomic batch. A table left by
 /// a crashed run is deleted in the same batch.
-pub fn install(spec: &TableSpec) -> Result<(), NftError> {
+///
+/// While the `alive` element exists, diverted traffic goes to the daemon. When it expires
+/// because the daemon stopped refreshing it, the `allowed` chain lets the destinations of
+/// forever-allow rules pass without the daemon, and the rest is still diverted and stopped.
+pub fn install(spec: &TableSpec, allowed: &[KernelAllow]) -> Result<(), NftError> {
     let mut batch = Batch::new();
     let table = Table::new(TABLE_NAME, ProtoFamily::Inet);
     // Adding an existing table is a no-op, so the delete that follows always has a target.
@@ -71,12 +101,22 @@ pub fn install(spec: &TableSpec) -> Result<(), NftError> {
     batch.add(&table, MsgType::Del);
     batch.add(&table, MsgType::Add);
 
+    let alive = alive_set(&table);
+    batch.add(&alive, MsgType::Add);
+    batch.add_iter(alive.elems_iter(), MsgType::Add);
+
+    let allowed_chain = Chain::new(ALLOWED_CHAIN, &table);
+    batch.add(&allowed_chain, MsgType::Add);
+    for rule in allowed_rules(&allowed_chain, allowed) {
+        batch.add(&rule, MsgType::Add);
+    }
+
     let mut output = Chain::new(OUTPUT_CHAIN, &table);
     output.set_hook(Hook::Out, MANGLE_PRIORITY);
     output.set_type(ChainType::Route);
     output.set_policy(Policy::Accept);
     batch.add(&output, MsgType::Add);
-    for rule in output_rules(&output, spec) {
+    for rule in output_rules(&output, spec, &alive) {
         batch.add(&rule, MsgType::Add);
     }
 
@@ -92,6 +132,31 @@ pub fn install(spec: &TableSpec) -> Result<(), NftError> {
     send(&batch.finalize(), "install")
 }
 
+/// Refreshes the `alive` element, telling the kernel the daemon still runs.
+pub fn heartbeat() -> Result<(), NftError> {
+    let mut batch = Batch::new();
+    let table = Table::new(TABLE_NAME, ProtoFamily::Inet);
+    let alive = alive_set(&table);
+    // Add (a no-op if present), delete, add: the element gets a fresh timeout either way.
+    batch.add_iter(alive.elems_iter(), MsgType::Add);
+    batch.add_iter(alive.elems_iter(), MsgType::Del);
+    batch.add_iter(alive.elems_iter(), MsgType::Add);
+    send(&batch.finalize(), "heartbeat")
+}
+
+/// Replaces the rules of the `allowed` chain.
+pub fn replace_allowed(allowed: &[KernelAllow]) -> Result<(), NftError> {
+    let mut batch = Batch::new();
+    let table = Table::new(TABLE_NAME, ProtoFamily::Inet);
+    let chain = Chain::new(ALLOWED_CHAIN, &table);
+    // A rule deletion without a handle flushes the chain.
+    batch.add(&Rule::new(&chain), MsgType::Del);
+    for rule in allowed_rules(&chain, allowed) {
+        batch.add(&rule, MsgType::Add);
+    }
+    send(&batch.finalize(), "replace allowed")
+}
+
 /// Deletes the table if it exists.
 pub fn remove() -> Result<(), NftError> {
     let mut batch = Batch::new();
@@ -103,7 +168,11 @@ pub fn remove() -> Result<(), NftError> {
 
 /// Rules of the output chain: skip the daemon's own packets and local destinations, then mark
 /// every other TCP packet for diversion.
-fn output_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Vec<Rule<'a>> {
+fn output_rules<'a>(
+    chain: &'a Chain<'a>,
+    spec: &TableSpec,
+    alive: &Set<'_, Ipv4Addr>,
+) -> Vec<Rule<'a>> {
     let mut rules = Vec::new();
 
     let mut own = Rule::new(chain);
@@ -150,6 +219,13 @@ fn output_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Vec<Rule<'a>> {
         rule.add_expr(&nft_expr!(verdict return));
         rules.push(rule);
     }
+
+    // With the daemon gone, forever-allowed destinations leave directly.
+    let mut orphaned = Rule::new(chain);
+    orphaned.add_expr(&Immediate::new(ALIVE_KEY.octets(), Register::Reg1));
+    orphaned.add_expr(&MissingFrom::new(alive));
+    orphaned.add_expr(&nft_expr!(verdict jump ALLOWED_CHAIN.to_owned()));
+    rules.push(orphaned);
 
     for protocol in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
         let mut mark = Rule::new(chain);
@@ -210,6 +286,138 @@ fn prerouting_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Vec<Rule<'a>>
     rules.push(udp_orphan);
 
     rules
+}
+
+/// Rules of the `allowed` chain: one `accept` per forever-allowed destination.
+fn allowed_rules<'a>(chain: &'a Chain<'a>, allowed: &[KernelAllow]) -> Vec<Rule<'a>> {
+    let mut rules = Vec::new();
+    for allow in allowed {
+        let protocols = match allow.protocol {
+            Some(protocol) => vec![protocol],
+            None => vec![libc::IPPROTO_TCP as u8, libc::IPPROTO_UDP as u8],
+        };
+        for protocol in protocols {
+            let mut rule = Rule::new(chain);
+            match allow.network {
+                Some((IpAddr::V4(network), prefix)) => {
+                    rule.add_expr(&nft_expr!(meta nfproto));
+                    rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV4 as u8));
+                    rule.add_expr(&nft_expr!(payload ipv4 daddr));
+                    rule.add_expr(&Bitwise::new(
+                        v4_mask(u32::from(prefix)),
+                        Ipv4Addr::UNSPECIFIED,
+                    ));
+                    rule.add_expr(&Cmp::new(CmpOp::Eq, network));
+                }
+                Some((IpAddr::V6(network), prefix)) => {
+                    rule.add_expr(&nft_expr!(meta nfproto));
+                    rule.add_expr(&Cmp::new(CmpOp::Eq, libc::NFPROTO_IPV6 as u8));
+                    rule.add_expr(&nft_expr!(payload ipv6 daddr));
+                    rule.add_expr(&Bitwise::new(
+                        v6_mask(u32::from(prefix)),
+                        Ipv6Addr::UNSPECIFIED,
+                    ));
+                    rule.add_expr(&Cmp::new(CmpOp::Eq, network));
+                }
+                None => {}
+            }
+            rule.add_expr(&nft_expr!(meta l4proto));
+            rule.add_expr(&Cmp::new(CmpOp::Eq, protocol));
+            if let Some(port) = allow.port {
+                let field = if i32::from(protocol) == libc::IPPROTO_TCP {
+                    TransportHeaderField::Tcp(TcpHeaderField::Dport)
+                } else {
+                    TransportHeaderField::Udp(UdpHeaderField::Dport)
+                };
+                rule.add_expr(&Payload::Transport(field));
+                rule.add_expr(&Cmp::new(CmpOp::Eq, port.to_be()));
+            }
+            rule.add_expr(&nft_expr!(verdict accept));
+            rules.push(rule);
+        }
+    }
+    rules
+}
+
+/// The `alive` set (IPv4 address keys, elements with timeouts) with its one element.
+fn alive_set(table: &Table) -> Set<'_, Ipv4Addr> {
+    let set = Set::new_named(ALIVE_SET, 1, table, ProtoFamily::Inet);
+    let raw = set.as_ptr().as_ptr();
+    // SAFETY: `raw` is the live set just created; flags is a u32 attribute.
+    unsafe {
+        sys::nftnl_set_set_u32(
+            raw,
+            sys::NFTNL_SET_FLAGS as u16,
+            libc::NFT_SET_TIMEOUT as u32,
+        );
+    }
+    // SAFETY: plain allocation; NULL is handled below.
+    let raw_element = unsafe { sys::nftnl_set_elem_alloc() };
+    // As for expressions, NULL means a small allocation failed.
+    let Some(element) = NonNull::new(raw_element) else {
+        std::process::abort();
+    };
+    let key = ALIVE_KEY.octets();
+    let timeout_ms = u64::try_from(ALIVE_TIMEOUT.as_millis()).unwrap_or(u64::MAX);
+    // SAFETY: `element` is live; the key points to 4 bytes that libnftnl copies; the set takes
+    // ownership of the element and frees it with the set.
+    unsafe {
+        sys::nftnl_set_elem_set(
+            element.as_ptr(),
+            sys::NFTNL_SET_ELEM_KEY as u16,
+            key.as_ptr().cast(),
+            key.len() as u32,
+        );
+        sys::nftnl_set_elem_set_u64(
+            element.as_ptr(),
+            sys::NFTNL_SET_ELEM_TIMEOUT as u16,
+            timeout_ms,
+        );
+        sys::nftnl_set_elem_add(raw, element.as_ptr());
+    }
+    set
+}
+
+/// `lookup` with the inverted flag: matches when register 1 is not in the set.
+struct MissingFrom {
+    set_name: std::ffi::CString,
+    set_id: u32,
+}
+
+impl MissingFrom {
+    fn new(set: &Set<'_, Ipv4Addr>) -> Self {
+        Self {
+            set_name: set.get_name().to_owned(),
+            set_id: set.get_id(),
+        }
+    }
+}
+
+impl Expression for MissingFrom {
+    fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
+        let expr = alloc_expr(c"lookup");
+        // SAFETY: `expr` is a live lookup expression; the set name is NUL-terminated and copied.
+        unsafe {
+            let raw = expr.as_ptr();
+            sys::nftnl_expr_set_u32(
+                raw,
+                sys::NFTNL_EXPR_LOOKUP_SREG as u16,
+                libc::NFT_REG_1 as u32,
+            );
+            sys::nftnl_expr_set_str(
+                raw,
+                sys::NFTNL_EXPR_LOOKUP_SET as u16,
+                self.set_name.as_ptr(),
+            );
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
+            sys::nftnl_expr_set_u32(
+                raw,
+                sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
+                libc::NFT_LOOKUP_F_INV as u32,
+            );
+        }
+        expr
+    }
 }
 
 /// `meta nfproto FAMILY meta l4proto PROTOCOL tproxy to [LOOPBACK]:PORT accept`.
