@@ -111,3 +111,37 @@ fn udp_sendmsg_connected_and_not() {
     assert_eq!(pending["destination"], "[2001:db8::20]:7");
     assert_eq!(text(&output.stdout).trim(), "connected sendmsg");
 }
+
+#[test]
+fn io_uring_sender_is_intercepted() {
+    let (lab, daemon) = start();
+    let source = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/programs/uring_echo.c");
+    let program = lab.work_dir().join("uring_echo");
+    let compiled = std::process::Command::new("cc")
+        .args(["-O1", "-o"])
+        .arg(&program)
+        .arg(source)
+        .arg("-luring")
+        .output()
+        .expect("failed to run cc");
+    assert!(
+        compiled.status.success(),
+        "compiling {source} failed (needs liburing-dev): {}",
+        text(&compiled.stderr)
+    );
+
+    let child = lab
+        .desk_command(&program)
+        .args(["203.0.113.10", "7", "through io_uring"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pending = daemon.wait_for_held(1, WAIT);
+    assert_eq!(pending[0]["destination"], "203.0.113.10:7");
+    let id = pending[0]["id"].to_string();
+    assert_cli_ok(&daemon.run_cli(&["allow", &id]), "allow");
+    let output = child.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout).trim(), "through io_uring");
+}

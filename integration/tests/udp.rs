@@ -228,3 +228,18 @@ fn udp_dropped_while_daemon_dead() {
         );
     }
 }
+
+#[test]
+fn denied_udp_can_get_port_unreachable() {
+    let lab = Lab::start().unwrap_or_else(|err| panic!("failed to start the lab: {err:#}"));
+    let daemon =
+        Daemon::start(&lab, "udp_deny_icmp = true").unwrap_or_else(|err| panic!("{err:#}"));
+    for server in [IpAddr::from(SERVER_A_V4), SERVER_A_V6.into()] {
+        let server = SocketAddr::new(server, UDP_ECHO_PORT);
+        let (first, second) = echo_with_decision(&lab, &daemon, server, "deny");
+        // The first datagram's error arrives while the client waits for its reply; the second
+        // datagram is refused the same way.
+        assert_eq!(first, Err(ErrorKind::ConnectionRefused), "{server}");
+        assert_eq!(second, Err(ErrorKind::ConnectionRefused), "{server}");
+    }
+}

@@ -38,6 +38,9 @@ pub struct Config {
     pub udp_idle_timeout_secs: u64,
     /// Datagrams of a UDP flow kept while it waits for a decision; later ones are dropped.
     pub udp_queue_limit: usize,
+    /// Whether a denied UDP flow's datagrams are answered with ICMP "port unreachable", so
+    /// programs fail at once instead of waiting for a reply that never comes.
+    pub udp_deny_icmp: bool,
     /// Connections and UDP flows held at once, across all pending requests. A new one beyond
     /// this gets the default action at once, which keeps memory and descriptors bounded.
     pub max_held_connections: usize,
@@ -100,6 +103,7 @@ impl Default for Config {
             udp_idle_timeout_secs: 60,
             udp_queue_limit: 64,
             max_held_connections: 16_384,
+            udp_deny_icmp: false,
             interception: InterceptionConfig::default(),
             attribution: AttributionConfig::default(),
         }

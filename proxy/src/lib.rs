@@ -19,3 +19,4 @@ pub mod holding;
 pub mod protocol;
 pub mod transparent;
 pub mod udp;
+pub mod unreachable;

@@ -21,7 +21,7 @@ use crate::{
     config::Config,
     daemon::{Flow, Shared, closed, unmap, verdict_for},
     protocol::EventKind,
-    transparent,
+    transparent, unreachable,
 };
 
 /// Largest UDP payload over IPv6 without jumbograms; every datagram fits.
@@ -88,7 +88,11 @@ pub async fn serve(shared: Arc<Shared>, listener: UdpSocket) {
             };
         let key = (unmap(source), unmap(destination));
         let payload = buffer[..len].to_vec();
-        if let Some(payload) = dispatch(&table, key, payload, shared.config.udp_queue_limit) {
+        let outcome = dispatch(&table, key, payload, shared.config.udp_queue_limit);
+        if let Dispatch::Denied = outcome {
+            refuse(&shared, key, len);
+        }
+        if let Dispatch::NewFlow(payload) = outcome {
             let flow = Flow {
                 connection: shared.next_connection(),
                 process: shared.owners.lookup(Protocol::Udp, key.0, key.1),
@@ -106,8 +110,18 @@ pub async fn serve(shared: Arc<Shared>, listener: UdpSocket) {
     }
 }
 
-/// Hands a datagram to its flow. Returns the datagram back when it starts a new flow.
-fn dispatch(table: &FlowTable, key: FlowKey, payload: Vec<u8>, limit: usize) -> Option<Vec<u8>> {
+/// What the listener did with a datagram.
+enum Dispatch {
+    /// The datagram starts a new flow, which needs a task.
+    NewFlow(Vec<u8>),
+    /// The datagram was queued or relayed.
+    Taken,
+    /// The datagram belongs to a denied flow and was dropped.
+    Denied,
+}
+
+/// Hands a datagram to its flow.
+fn dispatch(table: &FlowTable, key: FlowKey, payload: Vec<u8>, limit: usize) -> Dispatch {
     let mut flows = table.lock();
     match flows.entry(key) {
         Entry::Vacant(entry) => {
@@ -115,7 +129,7 @@ fn dispatch(table: &FlowTable, key: FlowKey, payload: Vec<u8>, limit: usize) -> 
                 queue: Vec::new(),
                 dropped: 0,
             });
-            Some(payload)
+            Dispatch::NewFlow(payload)
         }
         Entry::Occupied(mut entry) => {
             match entry.get_mut() {
@@ -131,9 +145,12 @@ fn dispatch(table: &FlowTable, key: FlowKey, payload: Vec<u8>, limit: usize) -> 
                     // A full channel means the relay is behind; UDP may drop, so do that.
                     let _ = sender.try_send(payload);
                 }
-                FlowState::Denied { last_seen } => *last_seen = Instant::now(),
+                FlowState::Denied { last_seen } => {
+                    *last_seen = Instant::now();
+                    return Dispatch::Denied;
+                }
             }
-            None
+            Dispatch::Taken
         }
     }
 }
@@ -163,15 +180,26 @@ async fn run_flow(shared: Arc<Shared>, table: Arc<FlowTable>, flow: Flow, first:
         );
         match verdict.action {
             Action::Allow => relay(&shared, &table, &flow, first).await,
-            Action::Deny => drop_until_idle(&shared, &table, key).await,
+            Action::Deny => drop_until_idle(&shared, &table, key, first.len()).await,
         }
     }
     .instrument(span)
     .await;
 }
 
+/// Answers a denied datagram with ICMP "port unreachable" when the config asks for it.
+fn refuse(shared: &Shared, (client, destination): FlowKey, payload_len: usize) {
+    if !shared.config.udp_deny_icmp {
+        return;
+    }
+    let mark = shared.config.interception.bypass_mark;
+    if let Err(err) = unreachable::send_port_unreachable(client, destination, payload_len, mark) {
+        debug!(%client, %destination, error = %err, "failed to send ICMP port unreachable");
+    }
+}
+
 /// Keeps dropping a denied flow's datagrams until it has been idle for the idle timeout.
-async fn drop_until_idle(shared: &Shared, table: &FlowTable, key: FlowKey) {
+async fn drop_until_idle(shared: &Shared, table: &FlowTable, key: FlowKey, first_len: usize) {
     let idle = shared.config.udp_idle_timeout();
     let dropped = match table.lock().insert(
         key,
@@ -183,6 +211,7 @@ async fn drop_until_idle(shared: &Shared, table: &FlowTable, key: FlowKey) {
         _ => 1,
     };
     debug!(dropped, "denied flow; dropping its datagrams");
+    refuse(shared, key, first_len);
     loop {
         let last_seen = match table.lock().get(&key) {
             Some(FlowState::Denied { last_seen }) => *last_seen,
