@@ -14,6 +14,7 @@ pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod exe_hash;
 pub mod firewall;
 pub mod holding;
 pub mod protocol;
