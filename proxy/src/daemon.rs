@@ -17,13 +17,14 @@ use tokio::{
     sync::{broadcast, oneshot},
 };
 use tollgate_rules::{
-    Action, AddressMatch, Connection, Destination, Lifetime, PortMatch, Protocol, ProtocolMatch,
-    Rule, RuleId, RuleSet, RuleStore, Subject,
+    Action, AddressMatch, ConnectionFacts, Destination, Lifetime, PortMatch, Protocol,
+    ProtocolMatch, Rule, RuleId, RuleSet, RuleStore, Subject,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     attribution::{NoAttribution, OwnerLookup},
+    clock,
     config::Config,
     control::{self, ControlListener},
     firewall::Interception,
@@ -184,7 +185,13 @@ impl Shared {
 
     /// Returns every rule in precedence order.
     pub fn rules(&self) -> Vec<Rule> {
-        self.lock().rules.iter().cloned().collect()
+        let state = self.lock();
+        state
+            .rules
+            .in_precedence_order()
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// Subscribes to connection events.
@@ -230,7 +237,7 @@ impl Shared {
     }
 
     /// Adds a rule from a client and settles the pending requests it decides.
-    pub fn add_rule(&self, new: NewRule) -> Result<Response, RequestError> {
+    pub fn add_rule(&self, new: Box<NewRule>) -> Result<Response, RequestError> {
         if new.lifetime == Lifetime::Once {
             return Err((
                 ErrorCode::Invalid,
@@ -246,7 +253,11 @@ impl Shared {
             lifetime: new.lifetime,
             enabled: true,
             note: new.note,
-            created_unix: unix_ms(SystemTime::now()) / 1000,
+            created_unix_ms: unix_ms(SystemTime::now()),
+            updated_unix_ms: unix_ms(SystemTime::now()),
+            priority: false,
+            hits: 0,
+            last_hit_unix_ms: None,
         };
         self.add_rule_locked(&mut state, rule.clone())?;
         let settled = settle_decided(&mut state);
@@ -263,7 +274,7 @@ impl Shared {
                 format!("no rule with id {id}; list them with `tollgate rules list`"),
             ));
         };
-        if rule.lifetime == Lifetime::Forever {
+        if rule.lifetime.is_stored() {
             self.store.remove(id).map_err(|err| {
                 error!(rule = %id, error = %err, "failed to remove stored rule");
                 (
@@ -278,7 +289,7 @@ impl Shared {
     }
 
     fn add_rule_locked(&self, state: &mut State, rule: Rule) -> Result<(), RequestError> {
-        if rule.lifetime == Lifetime::Forever {
+        if rule.lifetime.is_stored() {
             self.store.insert(&rule).map_err(|err| {
                 error!(rule = %rule.id, error = %err, "failed to store rule");
                 (ErrorCode::Internal, format!("failed to store rule: {err}"))
@@ -315,16 +326,20 @@ impl Shared {
 fn settle_decided(state: &mut State) -> usize {
     let State { rules, pending } = state;
     let mut verdicts = Vec::new();
-    let groups = pending.take_matching(|info| match rules.decide(&connection_of(info)) {
-        Some(rule) => {
-            verdicts.push(Verdict {
-                action: rule.action,
-                by: DecidedBy::Rule { rule: rule.id },
-            });
-            true
-        }
-        None => false,
-    });
+    let now = clock::now();
+    let groups =
+        pending.take_matching(
+            |info| match rules.decide(&facts_of(info).as_connection(), &now) {
+                Some(rule) => {
+                    verdicts.push(Verdict {
+                        action: rule.action,
+                        by: DecidedBy::Rule { rule: rule.id },
+                    });
+                    true
+                }
+                None => false,
+            },
+        );
     groups
         .into_iter()
         .zip(verdicts)
@@ -332,43 +347,46 @@ fn settle_decided(state: &mut State) -> usize {
         .sum()
 }
 
-fn connection_of(info: &PendingInfo) -> Connection<'_> {
-    Connection {
-        executable: info
-            .process
-            .as_ref()
-            .and_then(|process| process.executable.as_deref()),
-        ip: info.destination.ip(),
-        port: info.destination.port(),
-        protocol: info.protocol,
+fn facts_of(info: &PendingInfo) -> ConnectionFacts {
+    connection_facts(info.process.as_ref(), info.destination, info.protocol)
+}
+
+/// Returns what the daemon knows about a connection: the process's executable and uid when
+/// known, and the destination.
+fn connection_facts(
+    process: Option<&ProcessInfo>,
+    destination: SocketAddr,
+    protocol: Protocol,
+) -> ConnectionFacts {
+    let mut facts = ConnectionFacts::to(destination.ip(), destination.port(), protocol);
+    if let Some(process) = process {
+        facts.executable = process.executable.clone();
+        facts.uid = Some(process.uid);
     }
+    facts
 }
 
 /// Builds the rule that a decision on a pending request creates: this executable (or any
 /// process when unknown), this address, port and protocol.
 fn rule_for_pending(info: &PendingInfo, action: Action, lifetime: Lifetime, id: RuleId) -> Rule {
     let subject = match info.process.as_ref().and_then(|p| p.executable.clone()) {
-        Some(path) => Subject::Executable(path),
-        None => Subject::Any,
+        Some(path) => Subject::executable(path),
+        None => Subject::any(),
     };
     let protocol = match info.protocol {
         Protocol::Tcp => ProtocolMatch::Tcp,
         Protocol::Udp => ProtocolMatch::Udp,
     };
-    Rule {
-        id,
-        subject,
-        destination: Destination {
-            address: AddressMatch::Ip(info.destination.ip()),
-            port: PortMatch::Port(info.destination.port()),
-            protocol,
-        },
-        action,
-        lifetime,
-        enabled: true,
-        note: format!("answer to pending request {}", info.id),
-        created_unix: unix_ms(SystemTime::now()) / 1000,
-    }
+    let destination = Destination {
+        address: AddressMatch::Ip(info.destination.ip()),
+        port: PortMatch::Port(info.destination.port()),
+        protocol,
+    };
+    let mut rule = Rule::new(id, subject, destination, action, lifetime);
+    rule.note = format!("answer to pending request {}", info.id);
+    rule.created_unix_ms = unix_ms(SystemTime::now());
+    rule.updated_unix_ms = rule.created_unix_ms;
+    rule
 }
 
 /// The identity of one diverted connection.
@@ -424,16 +442,8 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
-        let connection = Connection {
-            executable: flow
-                .process
-                .as_ref()
-                .and_then(|process| process.executable.as_deref()),
-            ip: flow.destination.ip(),
-            port: flow.destination.port(),
-            protocol: flow.protocol,
-        };
-        if let Some(rule) = state.rules.decide(&connection) {
+        let facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
+        if let Some(rule) = state.rules.decide(&facts.as_connection(), &clock::now()) {
             return Verdict {
                 action: rule.action,
                 by: DecidedBy::Rule { rule: rule.id },

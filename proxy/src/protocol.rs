@@ -59,7 +59,7 @@ pub enum Request {
     /// Adds a rule.
     AddRule {
         /// The rule to add; the daemon assigns its id.
-        rule: NewRule,
+        rule: Box<NewRule>,
     },
     /// Removes a rule.
     RemoveRule {
