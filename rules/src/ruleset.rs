@@ -31,7 +31,7 @@ pub struct RuleSet {
 
 /// Two enabled rules with the same conditions and different actions: only `winner` ever
 /// decides.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Conflict {
     /// The rule that decides the connections both match.
     pub winner: RuleId,
@@ -188,10 +188,6 @@ impl RuleSet {
 
     /// Returns the pairs of enabled rules with the same conditions and different actions,
     /// each with the rule that wins.
-    #[expect(
-        clippy::mutable_key_type,
-        reason = "globs hash and compare by their pattern text, which never changes"
-    )]
     pub fn conflicts(&self) -> Vec<Conflict> {
         let mut groups: HashMap<_, Vec<&Rule>> = HashMap::new();
         for rule in self.iter().filter(|rule| rule.enabled) {

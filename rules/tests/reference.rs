@@ -244,7 +244,7 @@ fn executable_holds(condition: &ExecutableMatch, path: Option<&Path>) -> bool {
         return false;
     };
     match condition {
-        ExecutableMatch::Path(expected) => expected == path,
+        ExecutableMatch::Path(expected) => expected.as_os_str() == path.as_os_str(),
         ExecutableMatch::Glob(glob) => glob.is_match(path),
     }
 }

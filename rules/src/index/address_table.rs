@@ -24,7 +24,12 @@ use crate::{
 pub(crate) struct AddressTable {
     ips: FxHashMap<IpAddr, Leaf>,
     hosts: FxHashMap<Box<str>, Leaf>,
+    /// Byte lengths of the keys of `hosts`, so that lookups skip names of other lengths.
+    host_lengths: LengthSet,
     domains: FxHashMap<Box<str>, Leaf>,
+    /// Bit `n` is set when a domain with `n` labels (63 for 63 or more) may be in `domains`,
+    /// so that lookups skip suffixes of other lengths.
+    domain_lengths: u64,
     /// IPv4 networks, longest prefix first.
     v4: Vec<PrefixTable<u32>>,
     /// IPv6 networks, longest prefix first.
@@ -104,6 +109,7 @@ impl AddressTable {
         }
         let hosts = probe.connection.hosts.iter();
         hosts
+            .filter(|host| self.host_lengths.contains(host.len()))
             .filter_map(|host| probe.first_match(self.hosts.get(host.as_str())))
             .min()
     }
@@ -116,7 +122,13 @@ impl AddressTable {
         }
         let mut best: Option<Entry> = None;
         for host in probe.connection.hosts {
+            let mut labels = host.split('.').count();
             for suffix in label_suffixes(host) {
+                let length_present = self.domain_lengths & length_bit(labels) != 0;
+                labels -= 1;
+                if !length_present {
+                    continue;
+                }
                 if let Some(entry) = probe.first_match(self.domains.get(suffix)) {
                     best = Some(best.map_or(entry, |current| current.min(entry)));
                 }
@@ -146,8 +158,14 @@ impl AddressTable {
         match address {
             AddressMatch::Any => &mut self.any,
             AddressMatch::Ip(ip) => self.ips.entry(ip.to_canonical()).or_default(),
-            AddressMatch::Host(name) => self.hosts.entry(name.as_str().into()).or_default(),
-            AddressMatch::Domain(name) => self.domains.entry(name.as_str().into()).or_default(),
+            AddressMatch::Host(name) => {
+                self.host_lengths.insert(name.as_str().len());
+                self.hosts.entry(name.as_str().into()).or_default()
+            }
+            AddressMatch::Domain(name) => {
+                self.domain_lengths |= length_bit(name.label_count());
+                self.domains.entry(name.as_str().into()).or_default()
+            }
             AddressMatch::Scope(scope) => &mut self.scopes[scope.index()],
             AddressMatch::Cidr(cidr) => {
                 let cidr = cidr.to_canonical();
@@ -219,6 +237,36 @@ where
     if map.get(key).is_some_and(Leaf::is_empty) {
         map.remove(key);
     }
+}
+
+/// A set of lengths up to 255, and whether any longer length is in it. It only grows: a
+/// length may stay in the set after its last key is gone, which costs a lookup but never a
+/// match.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct LengthSet {
+    bits: [u64; 4],
+    has_longer: bool,
+}
+
+impl LengthSet {
+    pub(crate) fn insert(&mut self, length: usize) {
+        match self.bits.get_mut(length / 64) {
+            Some(word) => *word |= 1 << (length % 64),
+            None => self.has_longer = true,
+        }
+    }
+
+    pub(crate) fn contains(&self, length: usize) -> bool {
+        match self.bits.get(length / 64) {
+            Some(word) => word & (1 << (length % 64)) != 0,
+            None => self.has_longer,
+        }
+    }
+}
+
+/// Returns the bit of [`AddressTable::domain_lengths`] for a name of `labels` labels.
+fn length_bit(labels: usize) -> u64 {
+    1 << labels.min(63)
 }
 
 /// Returns `name` and each suffix of it that starts after a dot.

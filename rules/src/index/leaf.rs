@@ -21,6 +21,11 @@ pub(crate) struct Leaf(Vec<Entry>);
 
 impl Leaf {
     pub(crate) fn insert(&mut self, entry: Entry) {
+        // Most leaves hold one or two entries, so small leaves grow one entry at a time
+        // instead of by the default minimum of four.
+        if self.0.len() < 4 {
+            self.0.reserve_exact(1);
+        }
         let position = self.0.partition_point(|existing| *existing < entry);
         self.0.insert(position, entry);
     }

@@ -10,7 +10,7 @@
 mod address_table;
 pub(crate) mod leaf;
 
-use std::{os::unix::ffi::OsStrExt, path::PathBuf};
+use std::os::unix::ffi::OsStrExt;
 
 use rustc_hash::FxHashMap;
 
@@ -24,16 +24,22 @@ use crate::{
     },
     precedence::{Precedence, SubjectRank},
 };
-use address_table::{AddressTable, Probe};
+use address_table::{AddressTable, LengthSet, Probe};
 use leaf::{Entry, Slots};
 
 /// Enabled rules by subject and destination.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Index {
     by_sha256: FxHashMap<Sha256Digest, Buckets>,
-    by_path: FxHashMap<PathBuf, Buckets>,
+    /// Exact executable paths, as bytes: hashing a `Path` parses its components, which is slow.
+    by_path: FxHashMap<Box<[u8]>, Buckets>,
     /// Executable globs by the directory their pattern starts with ([`PathGlob::literal_dir`]).
     globs: FxHashMap<Box<[u8]>, Vec<GlobGroup>>,
+    /// Byte lengths of the keys of `globs`, so that lookups skip directories of other lengths.
+    glob_dir_lengths: LengthSet,
+    /// A rank no worse than that of any glob bucket, so that a lookup that found a better
+    /// rule skips the globs. It is not raised when buckets go away, which keeps it a bound.
+    best_glob_rank: Option<SubjectRank>,
     /// Rules without an executable or SHA-256 condition.
     others: Buckets,
 }
@@ -62,6 +68,13 @@ impl Index {
             key: Precedence::of(rule),
             slot,
         };
+        if let (None, Some(ExecutableMatch::Glob(glob))) =
+            (&rule.subject.sha256, &rule.subject.executable)
+        {
+            let rank = entry.key.subject;
+            self.best_glob_rank = Some(self.best_glob_rank.map_or(rank, |best| best.min(rank)));
+            self.glob_dir_lengths.insert(glob.literal_dir().len());
+        }
         let address = &rule.destination.address;
         self.buckets_mut(rule)
             .table_mut(entry.key.subject)
@@ -98,10 +111,15 @@ impl Index {
             search.visit(buckets, false);
         }
         if let Some(path) = connection.executable {
-            if let Some(buckets) = self.by_path.get(path) {
+            if let Some(buckets) = self.by_path.get(path.as_os_str().as_bytes()) {
                 search.visit(buckets, true);
             }
-            self.visit_globs(&mut search, path);
+            let globs_can_win = self
+                .best_glob_rank
+                .is_some_and(|rank| search.best.is_none_or(|best| rank <= best.key.subject));
+            if globs_can_win {
+                self.visit_globs(&mut search, path);
+            }
         }
         search.visit(&self.others, false);
         search.best.map(|entry| entry.slot)
@@ -115,6 +133,9 @@ impl Index {
         let bytes = path.as_os_str().as_bytes();
         let dirs = bytes.iter().enumerate().filter(|(_, byte)| **byte == b'/');
         for (slash, _) in dirs {
+            if !self.glob_dir_lengths.contains(slash + 1) {
+                continue;
+            }
             let Some(groups) = self.globs.get(&bytes[..=slash]) else {
                 continue;
             };
@@ -132,7 +153,10 @@ impl Index {
             return self.by_sha256.entry(digest).or_default();
         }
         match &subject.executable {
-            Some(ExecutableMatch::Path(path)) => self.by_path.entry(path.clone()).or_default(),
+            Some(ExecutableMatch::Path(path)) => {
+                let key: Box<[u8]> = path.as_os_str().as_bytes().into();
+                self.by_path.entry(key).or_default()
+            }
             Some(ExecutableMatch::Glob(glob)) => {
                 let groups = self
                     .globs
@@ -163,10 +187,11 @@ impl Index {
             return;
         }
         match &subject.executable {
-            Some(ExecutableMatch::Path(path))
-                if self.by_path.get(path).is_some_and(Buckets::is_empty) =>
-            {
-                self.by_path.remove(path);
+            Some(ExecutableMatch::Path(path)) => {
+                let key = path.as_os_str().as_bytes();
+                if self.by_path.get(key).is_some_and(Buckets::is_empty) {
+                    self.by_path.remove(key);
+                }
             }
             Some(ExecutableMatch::Glob(glob)) => {
                 let dir: &[u8] = glob.literal_dir().as_bytes();

@@ -91,10 +91,12 @@ pub enum ExecutableMatch {
 }
 
 impl ExecutableMatch {
-    /// Returns whether `path` satisfies the condition.
+    /// Returns whether `path` satisfies the condition. Paths compare byte for byte, so
+    /// `/usr/bin//curl` is not `/usr/bin/curl`; the kernel reports executables without such
+    /// redundant parts.
     pub fn is_match(&self, path: &Path) -> bool {
         match self {
-            Self::Path(expected) => expected == path,
+            Self::Path(expected) => expected.as_os_str() == path.as_os_str(),
             Self::Glob(glob) => glob.is_match(path),
         }
     }
@@ -112,7 +114,8 @@ impl fmt::Display for ExecutableMatch {
 impl FromStr for ExecutableMatch {
     type Err = ParseError;
 
-    /// Parses an absolute path, or a glob when the text has `*`, `?`, `[` or `{`.
+    /// Parses an absolute path, or a glob when the text has `*`, `?`, `[`, `{` or `\\`. Redundant
+    /// `/` and `.` components of a path are dropped.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if PathGlob::is_pattern(s) {
             return s.parse().map(Self::Glob);
@@ -125,7 +128,7 @@ impl FromStr for ExecutableMatch {
                 "expected an absolute path or a glob such as /opt/app/*",
             ));
         }
-        Ok(Self::Path(path))
+        Ok(Self::Path(path.components().collect()))
     }
 }
 
