@@ -13,7 +13,7 @@ use std::{
 use tollgate_classifier::{Classifier, FlowLookup, Owner};
 use tollgate_rules::Protocol;
 
-use crate::protocol::ProcessInfo;
+use crate::{exe_hash::ExecutableHasher, protocol::ProcessInfo};
 
 /// Finds the process that owns a flow, given the flow's addresses as the proxy received it.
 pub trait OwnerLookup: Send + Sync {
@@ -41,6 +41,7 @@ impl OwnerLookup for NoAttribution {
 pub struct KernelAttribution {
     classifier: Classifier,
     user_names: Mutex<HashMap<u32, Option<String>>>,
+    hasher: ExecutableHasher,
 }
 
 impl KernelAttribution {
@@ -49,6 +50,7 @@ impl KernelAttribution {
         Self {
             classifier,
             user_names: Mutex::new(HashMap::new()),
+            hasher: ExecutableHasher::new(),
         }
     }
 
@@ -111,6 +113,15 @@ impl KernelAttribution {
             .ppid
             .filter(|_| alive)
             .and_then(|ppid| fs::read_link(format!("/proc/{ppid}/exe")).ok());
+        // A running process is hashed through /proc, which reaches the file it runs even when
+        // the path now names a replacement; an exited one through its path.
+        let running_exe = PathBuf::from(format!("/proc/{}/exe", owner.pid));
+        let sha256 = match (&owner.exe, alive) {
+            (_, true) => self.hasher.digest(&running_exe).ok(),
+            (Some(exe), false) => self.hasher.digest(exe).ok(),
+            (None, false) => None,
+        };
+        let command_line = if alive { command_line_of(owner.pid) } else { None };
         ProcessInfo {
             pid: owner.pid,
             uid: owner.uid,
@@ -122,6 +133,8 @@ impl KernelAttribution {
             parent_executable,
             script,
             cgroup_id: owner.cgroup_id,
+            sha256,
+            command_line,
         }
     }
 }
@@ -171,6 +184,16 @@ pub fn is_interpreter(exe: &Path) -> bool {
     };
     let base = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.' || c == '-');
     INTERPRETERS.contains(&base)
+}
+
+fn command_line_of(pid: u32) -> Option<String> {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let arguments: Vec<String> = cmdline
+        .split(|byte| *byte == 0)
+        .filter(|argument| !argument.is_empty())
+        .map(|argument| String::from_utf8_lossy(argument).into_owned())
+        .collect();
+    (!arguments.is_empty()).then(|| arguments.join(" "))
 }
 
 fn script_of(pid: u32) -> Option<PathBuf> {

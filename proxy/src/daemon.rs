@@ -18,13 +18,14 @@ use tokio::{
 };
 use tollgate_classifier::Classifier;
 use tollgate_rules::{
-    Action, AddressMatch, Connection, Destination, Lifetime, PortMatch, Protocol, ProtocolMatch,
-    Rule, RuleId, RuleSet, RuleStore, Subject,
+    Action, AddressMatch, ConnectionFacts, Destination, Lifetime, PortMatch, Protocol,
+    ProtocolMatch, Rule, RuleId, RuleSet, RuleStore, Subject,
 };
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     attribution::{KernelAttribution, NoAttribution, OwnerLookup},
+    clock,
     config::Config,
     control::{self, ControlListener},
     firewall::{HEARTBEAT_INTERVAL, Interception, KernelAllow},
@@ -354,7 +355,13 @@ impl Shared {
 
     /// Returns every rule in precedence order.
     pub fn rules(&self) -> Vec<Rule> {
-        self.lock().rules.iter().cloned().collect()
+        let state = self.lock();
+        state
+            .rules
+            .in_precedence_order()
+            .into_iter()
+            .cloned()
+            .collect()
     }
 
     /// Subscribes to connection events.
@@ -400,7 +407,7 @@ impl Shared {
     }
 
     /// Adds a rule from a client and settles the pending requests it decides.
-    pub fn add_rule(&self, new: NewRule) -> Result<Response, RequestError> {
+    pub fn add_rule(&self, new: Box<NewRule>) -> Result<Response, RequestError> {
         if new.lifetime == Lifetime::Once {
             return Err((
                 ErrorCode::Invalid,
@@ -416,7 +423,11 @@ impl Shared {
             lifetime: new.lifetime,
             enabled: true,
             note: new.note,
-            created_unix: unix_ms(SystemTime::now()) / 1000,
+            created_unix_ms: unix_ms(SystemTime::now()),
+            updated_unix_ms: unix_ms(SystemTime::now()),
+            priority: false,
+            hits: 0,
+            last_hit_unix_ms: None,
         };
         self.add_rule_locked(&mut state, rule.clone())?;
         let settled = settle_decided(&mut state);
@@ -433,7 +444,7 @@ impl Shared {
                 format!("no rule with id {id}; list them with `tollgate rules list`"),
             ));
         };
-        if rule.lifetime == Lifetime::Forever {
+        if rule.lifetime.is_stored() {
             self.store.remove(id).map_err(|err| {
                 error!(rule = %id, error = %err, "failed to remove stored rule");
                 (
@@ -449,7 +460,7 @@ impl Shared {
     }
 
     fn add_rule_locked(&self, state: &mut State, rule: Rule) -> Result<(), RequestError> {
-        if rule.lifetime == Lifetime::Forever {
+        if rule.lifetime.is_stored() {
             self.store.insert(&rule).map_err(|err| {
                 error!(rule = %rule.id, error = %err, "failed to store rule");
                 (ErrorCode::Internal, format!("failed to store rule: {err}"))
@@ -542,35 +553,46 @@ async fn keep_kernel_state(shared: Arc<Shared>) {
 /// NOTE: a deny rule for one executable that overlaps such a destination is not applied while
 /// the daemon is down.
 fn kernel_allows(rules: &RuleSet) -> Vec<KernelAllow> {
-    rules
-        .iter()
-        .filter(|rule| {
-            rule.enabled
-                && rule.action == Action::Allow
-                && rule.lifetime == Lifetime::Forever
-                && rule.subject == Subject::Any
-        })
-        .map(|rule| KernelAllow {
-            network: match rule.destination.address {
-                AddressMatch::Any => None,
-                AddressMatch::Ip(IpAddr::V4(ip)) => Some((IpAddr::V4(ip), 32)),
-                AddressMatch::Ip(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
-                    Some(v4) => Some((IpAddr::V4(v4), 32)),
-                    None => Some((IpAddr::V6(ip), 128)),
-                },
-                AddressMatch::Cidr(cidr) => Some((cidr.addr, cidr.prefix)),
+    let mut allowed = Vec::new();
+    for rule in rules.iter() {
+        if !rule.enabled
+            || rule.action != Action::Allow
+            || rule.lifetime != Lifetime::Forever
+            || !rule.subject.is_any()
+        {
+            continue;
+        }
+        let network = match &rule.destination.address {
+            AddressMatch::Any => None,
+            AddressMatch::Ip(IpAddr::V4(ip)) => Some((IpAddr::V4(*ip), 32)),
+            AddressMatch::Ip(IpAddr::V6(ip)) => match ip.to_ipv4_mapped() {
+                Some(v4) => Some((IpAddr::V4(v4), 32)),
+                None => Some((IpAddr::V6(*ip), 128)),
             },
-            protocol: match rule.destination.protocol {
-                ProtocolMatch::Any => None,
-                ProtocolMatch::Tcp => Some(libc::IPPROTO_TCP as u8),
-                ProtocolMatch::Udp => Some(libc::IPPROTO_UDP as u8),
-            },
-            port: match rule.destination.port {
-                PortMatch::Any => None,
-                PortMatch::Port(port) => Some(port),
-            },
-        })
-        .collect()
+            AddressMatch::Cidr(cidr) => Some((cidr.addr(), cidr.prefix())),
+            // Names and scopes need the daemon's knowledge of the connection.
+            _ => continue,
+        };
+        let protocol = match rule.destination.protocol {
+            ProtocolMatch::Any => None,
+            ProtocolMatch::Tcp => Some(libc::IPPROTO_TCP as u8),
+            ProtocolMatch::Udp => Some(libc::IPPROTO_UDP as u8),
+        };
+        let ports = match &rule.destination.port {
+            PortMatch::Any => vec![None],
+            PortMatch::Port(port) => vec![Some((*port, *port))],
+            PortMatch::List(ports) => ports.iter().map(|port| Some((*port, *port))).collect(),
+            PortMatch::Range { first, last } => vec![Some((*first, *last))],
+        };
+        for ports in ports {
+            allowed.push(KernelAllow {
+                network,
+                protocol,
+                ports,
+            });
+        }
+    }
+    allowed
 }
 
 /// Settles every pending request that the current rules decide. Returns the number of
@@ -578,16 +600,20 @@ fn kernel_allows(rules: &RuleSet) -> Vec<KernelAllow> {
 fn settle_decided(state: &mut State) -> usize {
     let State { rules, pending } = state;
     let mut verdicts = Vec::new();
-    let groups = pending.take_matching(|info| match rules.decide(&connection_of(info)) {
-        Some(rule) => {
-            verdicts.push(Verdict {
-                action: rule.action,
-                by: DecidedBy::Rule { rule: rule.id },
-            });
-            true
-        }
-        None => false,
-    });
+    let now = clock::now();
+    let groups =
+        pending.take_matching(
+            |info| match rules.decide(&facts_of(info).as_connection(), &now) {
+                Some(rule) => {
+                    verdicts.push(Verdict {
+                        action: rule.action,
+                        by: DecidedBy::Rule { rule: rule.id },
+                    });
+                    true
+                }
+                None => false,
+            },
+        );
     groups
         .into_iter()
         .zip(verdicts)
@@ -595,43 +621,51 @@ fn settle_decided(state: &mut State) -> usize {
         .sum()
 }
 
-fn connection_of(info: &PendingInfo) -> Connection<'_> {
-    Connection {
-        executable: info
-            .process
-            .as_ref()
-            .and_then(|process| process.executable.as_deref()),
-        ip: info.destination.ip(),
-        port: info.destination.port(),
-        protocol: info.protocol,
+fn facts_of(info: &PendingInfo) -> ConnectionFacts {
+    connection_facts(info.process.as_ref(), info.destination, info.protocol)
+}
+
+/// Returns what the daemon knows about a connection: the process's executable, digest, user,
+/// command line, script and parent when known, and the destination.
+fn connection_facts(
+    process: Option<&ProcessInfo>,
+    destination: SocketAddr,
+    protocol: Protocol,
+) -> ConnectionFacts {
+    let mut facts = ConnectionFacts::to(destination.ip(), destination.port(), protocol);
+    if let Some(process) = process {
+        facts.executable = process.executable.clone();
+        facts.sha256 = process.sha256.as_deref().and_then(|hex| hex.parse().ok());
+        facts.uid = Some(process.uid);
+        facts.user = process.user.clone();
+        facts.command_line = process.command_line.clone();
+        facts.script = process.script.clone();
+        facts.parent_executable = process.parent_executable.clone();
     }
+    facts
 }
 
 /// Builds the rule that a decision on a pending request creates: this executable (or any
 /// process when unknown), this address, port and protocol.
 fn rule_for_pending(info: &PendingInfo, action: Action, lifetime: Lifetime, id: RuleId) -> Rule {
     let subject = match info.process.as_ref().and_then(|p| p.executable.clone()) {
-        Some(path) => Subject::Executable(path),
-        None => Subject::Any,
+        Some(path) => Subject::executable(path),
+        None => Subject::any(),
     };
     let protocol = match info.protocol {
         Protocol::Tcp => ProtocolMatch::Tcp,
         Protocol::Udp => ProtocolMatch::Udp,
     };
-    Rule {
-        id,
-        subject,
-        destination: Destination {
-            address: AddressMatch::Ip(info.destination.ip()),
-            port: PortMatch::Port(info.destination.port()),
-            protocol,
-        },
-        action,
-        lifetime,
-        enabled: true,
-        note: format!("answer to pending request {}", info.id),
-        created_unix: unix_ms(SystemTime::now()) / 1000,
-    }
+    let destination = Destination {
+        address: AddressMatch::Ip(info.destination.ip()),
+        port: PortMatch::Port(info.destination.port()),
+        protocol,
+    };
+    let mut rule = Rule::new(id, subject, destination, action, lifetime);
+    rule.note = format!("answer to pending request {}", info.id);
+    rule.created_unix_ms = unix_ms(SystemTime::now());
+    rule.updated_unix_ms = rule.created_unix_ms;
+    rule
 }
 
 /// The identity of one diverted connection or UDP flow.
@@ -687,16 +721,8 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
-        let connection = Connection {
-            executable: flow
-                .process
-                .as_ref()
-                .and_then(|process| process.executable.as_deref()),
-            ip: flow.destination.ip(),
-            port: flow.destination.port(),
-            protocol: flow.protocol,
-        };
-        if let Some(rule) = state.rules.decide(&connection) {
+        let facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
+        if let Some(rule) = state.rules.decide(&facts.as_connection(), &clock::now()) {
             return Verdict {
                 action: rule.action,
                 by: DecidedBy::Rule { rule: rule.id },

@@ -229,6 +229,8 @@ mod tests {
                 parent_executable: None,
                 script: None,
                 cgroup_id: 0,
+                sha256: None,
+                command_line: None,
                 pid,
                 uid: 0,
                 comm: "curl".into(),

@@ -11,6 +11,7 @@
 
 pub mod attribution;
 pub mod client;
+pub mod clock;
 pub mod config;
 pub mod control;
 pub mod daemon;

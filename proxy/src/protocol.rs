@@ -59,7 +59,7 @@ pub enum Request {
     /// Adds a rule.
     AddRule {
         /// The rule to add; the daemon assigns its id.
-        rule: NewRule,
+        rule: Box<NewRule>,
     },
     /// Removes a rule.
     RemoveRule {
@@ -221,6 +221,13 @@ pub struct ProcessInfo {
     /// Id of the process's cgroup2 cgroup, which names its container or service.
     #[serde(default)]
     pub cgroup_id: u64,
+    /// Lowercase hex SHA-256 of the executable the process runs, when it could be read.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Command line, arguments joined with single spaces, when the process still ran at
+    /// lookup time.
+    #[serde(default)]
+    pub command_line: Option<String>,
 }
 
 /// A pending request: one or more identical held connections waiting for a decision.

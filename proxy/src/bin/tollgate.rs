@@ -1,13 +1,12 @@
 //! `tollgate`: the command-line client of the Tollgate daemon.
 
 use std::{
-    net::IpAddr,
     path::PathBuf,
     process::ExitCode,
     time::{Duration, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use tollgate_proxy::{
     client::Client,
@@ -16,8 +15,7 @@ use tollgate_proxy::{
     protocol::{DecidedBy, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Request, Response},
 };
 use tollgate_rules::{
-    Action, AddressMatch, Cidr, Destination, Lifetime, PortMatch, ProtocolMatch, Rule, RuleId,
-    Subject,
+    Action, AddressMatch, Destination, Lifetime, PortMatch, ProtocolMatch, Rule, RuleId, Subject,
 };
 
 /// Control the Tollgate firewall daemon: answer pending connections, manage rules, watch events.
@@ -269,7 +267,7 @@ async fn rules(client: &mut Client, command: RulesCommand) -> anyhow::Result<()>
             }
         }
         RulesCommand::Add(args) => {
-            let rule = new_rule(args)?;
+            let rule = Box::new(new_rule(args)?);
             let Response::RuleAdded { rule, settled } =
                 expect(client.request(Request::AddRule { rule }).await?)?
             else {
@@ -301,9 +299,9 @@ fn new_rule(args: AddRuleArgs) -> anyhow::Result<NewRule> {
     };
     Ok(NewRule {
         subject: match args.exe {
-            Some(path) if path.is_absolute() => Subject::Executable(path),
+            Some(path) if path.is_absolute() => Subject::executable(path),
             Some(path) => bail!("--exe must be an absolute path, got {}", path.display()),
-            None => Subject::Any,
+            None => Subject::any(),
         },
         destination: Destination {
             address,
@@ -327,33 +325,7 @@ fn new_rule(args: AddRuleArgs) -> anyhow::Result<NewRule> {
 }
 
 fn parse_address(text: &str) -> anyhow::Result<AddressMatch> {
-    let Some((addr, prefix)) = text.split_once('/') else {
-        let ip: IpAddr = text
-            .parse()
-            .with_context(|| format!("invalid --to {text:?}: expected an IP address or CIDR"))?;
-        return Ok(AddressMatch::Ip(ip));
-    };
-    let addr: IpAddr = addr
-        .parse()
-        .with_context(|| format!("invalid --to {text:?}: {addr:?} is not an IP address"))?;
-    let prefix: u8 = prefix
-        .parse()
-        .with_context(|| format!("invalid --to {text:?}: {prefix:?} is not a prefix length"))?;
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        bail!("invalid --to {text:?}: prefix length must be at most {max}");
-    }
-    let addr = match addr {
-        IpAddr::V4(v4) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::from((u32::from(v4) & mask).to_be_bytes())
-        }
-        IpAddr::V6(v6) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            IpAddr::from((u128::from(v6) & mask).to_be_bytes())
-        }
-    };
-    Ok(AddressMatch::Cidr(Cidr { addr, prefix }))
+    Ok(text.parse::<AddressMatch>()?)
 }
 
 async fn watch(client: &mut Client, json: bool) -> anyhow::Result<()> {
@@ -414,26 +386,8 @@ fn describe_process(process: Option<&ProcessInfo>) -> String {
 }
 
 fn describe_rule(rule: &Rule) -> String {
-    let subject = match &rule.subject {
-        Subject::Any => "any process".to_owned(),
-        Subject::Executable(path) => path.display().to_string(),
-    };
-    let address = match rule.destination.address {
-        AddressMatch::Any => "any address".to_owned(),
-        AddressMatch::Ip(ip) => ip.to_string(),
-        AddressMatch::Cidr(cidr) => format!("{}/{}", cidr.addr, cidr.prefix),
-    };
-    let port = match rule.destination.port {
-        PortMatch::Any => "any port".to_owned(),
-        PortMatch::Port(port) => format!("port {port}"),
-    };
-    let protocol = match rule.destination.protocol {
-        ProtocolMatch::Any => "tcp+udp",
-        ProtocolMatch::Tcp => "tcp",
-        ProtocolMatch::Udp => "udp",
-    };
     let disabled = if rule.enabled { "" } else { " (disabled)" };
-    format!("{subject} -> {address} {port} {protocol}{disabled}")
+    format!("{} -> {}{disabled}", rule.subject, rule.destination)
 }
 
 fn describe_event(event: &Event) -> String {

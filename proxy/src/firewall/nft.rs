@@ -66,8 +66,8 @@ pub struct KernelAllow {
     pub network: Option<(IpAddr, u8)>,
     /// IP protocol number (TCP or UDP), or `None` for both.
     pub protocol: Option<u8>,
-    /// Destination port, or `None` for any port.
-    pub port: Option<u16>,
+    /// Destination ports, first and last included, or `None` for any port.
+    pub ports: Option<(u16, u16)>,
 }
 
 /// Errors applying a batch to nftables.
@@ -323,14 +323,21 @@ fn allowed_rules<'a>(chain: &'a Chain<'a>, allowed: &[KernelAllow]) -> Vec<Rule<
             }
             rule.add_expr(&nft_expr!(meta l4proto));
             rule.add_expr(&Cmp::new(CmpOp::Eq, protocol));
-            if let Some(port) = allow.port {
+            if let Some((first, last)) = allow.ports {
                 let field = if i32::from(protocol) == libc::IPPROTO_TCP {
                     TransportHeaderField::Tcp(TcpHeaderField::Dport)
                 } else {
                     TransportHeaderField::Udp(UdpHeaderField::Dport)
                 };
                 rule.add_expr(&Payload::Transport(field));
-                rule.add_expr(&Cmp::new(CmpOp::Eq, port.to_be()));
+                // Ports are compared as big-endian bytes, which orders them as numbers.
+                if first == last {
+                    rule.add_expr(&Cmp::new(CmpOp::Eq, first.to_be()));
+                } else {
+                    rule.add_expr(&Cmp::new(CmpOp::Gte, first.to_be()));
+                    rule.add_expr(&Payload::Transport(field));
+                    rule.add_expr(&Cmp::new(CmpOp::Lte, last.to_be()));
+                }
             }
             rule.add_expr(&nft_expr!(verdict accept));
             rules.push(rule);
