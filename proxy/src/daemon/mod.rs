@@ -1,5 +1,11 @@
 //! The daemon: accepts diverted connections, holds them until a verdict, relays or resets them,
 //! and serves the control socket.
+//!
+//! [`rule_requests`] carries out the control requests that change or read rules, and
+//! [`maintenance`] removes rules whose lifetime ended and saves hit counts.
+
+mod maintenance;
+mod rule_requests;
 
 use std::{
     future::Future,
@@ -16,10 +22,7 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{broadcast, oneshot},
 };
-use tollgate_rules::{
-    Action, AddressMatch, ConnectionFacts, Destination, Lifetime, PortMatch, Protocol,
-    ProtocolMatch, Rule, RuleId, RuleSet, RuleStore, Subject,
-};
+use tollgate_rules::{Action, Protocol};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
@@ -29,12 +32,11 @@ use crate::{
     control::{self, ControlListener},
     firewall::Interception,
     holding::{NewHold, PendingTable, Verdict, unix_ms},
-    protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
-        StatusInfo,
-    },
+    protocol::{DecidedBy, ErrorCode, Event, EventKind, PendingInfo, ProcessInfo, StatusInfo},
+    rule_book::RuleBook,
     transparent,
 };
+use rule_requests::connection_facts;
 
 /// Number of events buffered for each watcher before it starts missing some.
 const EVENT_BUFFER: usize = 4096;
@@ -45,14 +47,10 @@ const RELAY_BUFFER: usize = 64 * 1024;
 /// Runs the daemon until `shutdown` completes, then removes the interception and the control
 /// socket.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = RuleStore::open(&config.rules_db_path()).with_context(|| {
-        format!(
-            "failed to open rule store in {}",
-            config.state_dir.display()
-        )
-    })?;
-    let rules = RuleSet::from_rules(store.load_all().context("failed to load stored rules")?);
-    info!(rules = rules.len(), path = %config.rules_db_path().display(), "rules loaded");
+    let rules_path = config.rules_db_path();
+    let book = RuleBook::open(&rules_path, clock::boot_id().as_deref(), &clock::now())
+        .with_context(|| format!("failed to load rules from {}", rules_path.display()))?;
+    info!(rules = book.rules().len(), path = %rules_path.display(), "rules loaded");
 
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
@@ -68,16 +66,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let shared = Arc::new(Shared::new(config, store, rules, interception.is_some()));
+    let shared = Arc::new(Shared::new(config, book, interception.is_some()));
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         tasks.spawn(accept_loop(Arc::clone(&shared), listener));
     }
     tasks.spawn(control.serve(Arc::clone(&shared)));
+    tasks.spawn(maintenance::remove_ended_rules(Arc::clone(&shared)));
+    tasks.spawn(maintenance::save_hits(Arc::clone(&shared)));
 
     shutdown.await;
     info!("shutting down");
     tasks.abort_all();
+    shared.flush_hits();
     if let Some(interception) = interception
         && let Err(err) = interception.remove().await
     {
@@ -123,7 +124,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 pub struct Shared {
     config: Config,
     state: Mutex<State>,
-    store: RuleStore,
     events: broadcast::Sender<Event>,
     next_connection: AtomicU64,
     active: AtomicUsize,
@@ -135,7 +135,7 @@ pub struct Shared {
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
 /// change and the settling of the requests it matches.
 struct State {
-    rules: RuleSet,
+    book: RuleBook,
     pending: PendingTable,
 }
 
@@ -143,15 +143,14 @@ struct State {
 pub type RequestError = (ErrorCode, String);
 
 impl Shared {
-    fn new(config: Config, store: RuleStore, rules: RuleSet, intercepting: bool) -> Self {
+    fn new(config: Config, book: RuleBook, intercepting: bool) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
             config,
             state: Mutex::new(State {
-                rules,
+                book,
                 pending: PendingTable::new(),
             }),
-            store,
             events,
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
@@ -171,7 +170,7 @@ impl Shared {
             intercepting: self.intercepting,
             pending_requests: state.pending.len(),
             held_connections: state.pending.held_connections(),
-            rules: state.rules.len(),
+            rules: state.book.rules().len(),
             active_connections: self.active.load(Ordering::Relaxed),
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
@@ -183,120 +182,9 @@ impl Shared {
         self.lock().pending.list()
     }
 
-    /// Returns every rule in precedence order.
-    pub fn rules(&self) -> Vec<Rule> {
-        let state = self.lock();
-        state
-            .rules
-            .in_precedence_order()
-            .into_iter()
-            .cloned()
-            .collect()
-    }
-
     /// Subscribes to connection events.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
-    }
-
-    /// Settles pending request `id` with `action`, adding a rule for it unless `lifetime` is
-    /// once. A stored rule is on disk before this returns.
-    pub fn decide(
-        &self,
-        id: u64,
-        action: Action,
-        lifetime: Lifetime,
-    ) -> Result<Response, RequestError> {
-        let mut state = self.lock();
-        let Some(info) = state.pending.list().into_iter().find(|info| info.id == id) else {
-            return Err((
-                ErrorCode::NotFound,
-                format!("no pending request with id {id}; list them with `tollgate pending`"),
-            ));
-        };
-        let rule = match lifetime {
-            Lifetime::Once => None,
-            _ => {
-                let rule = rule_for_pending(&info, action, lifetime, state.rules.next_id());
-                self.add_rule_locked(&mut state, rule.clone())?;
-                Some(rule)
-            }
-        };
-
-        let verdict = Verdict {
-            action,
-            by: DecidedBy::User,
-        };
-        let mut settled = match state.pending.take(id) {
-            Some(group) => group.settle(verdict),
-            None => 0,
-        };
-        settled += settle_decided(&mut state);
-        info!(pending = id, %action, %lifetime, settled, "pending request decided");
-        Ok(Response::Decided { settled, rule })
-    }
-
-    /// Adds a rule from a client and settles the pending requests it decides.
-    pub fn add_rule(&self, new: Box<NewRule>) -> Result<Response, RequestError> {
-        if new.lifetime == Lifetime::Once {
-            return Err((
-                ErrorCode::Invalid,
-                "a rule cannot have lifetime once; use until_restart or forever".into(),
-            ));
-        }
-        let mut state = self.lock();
-        let rule = Rule {
-            id: state.rules.next_id(),
-            subject: new.subject,
-            destination: new.destination,
-            action: new.action,
-            lifetime: new.lifetime,
-            enabled: true,
-            note: new.note,
-            created_unix_ms: unix_ms(SystemTime::now()),
-            updated_unix_ms: unix_ms(SystemTime::now()),
-            priority: false,
-            hits: 0,
-            last_hit_unix_ms: None,
-        };
-        self.add_rule_locked(&mut state, rule.clone())?;
-        let settled = settle_decided(&mut state);
-        info!(rule = %rule.id, action = %rule.action, lifetime = %rule.lifetime, "rule added");
-        Ok(Response::RuleAdded { rule, settled })
-    }
-
-    /// Removes a rule, from the store too when it is stored.
-    pub fn remove_rule(&self, id: RuleId) -> Result<Response, RequestError> {
-        let mut state = self.lock();
-        let Some(rule) = state.rules.get(id).cloned() else {
-            return Err((
-                ErrorCode::NotFound,
-                format!("no rule with id {id}; list them with `tollgate rules list`"),
-            ));
-        };
-        if rule.lifetime.is_stored() {
-            self.store.remove(id).map_err(|err| {
-                error!(rule = %id, error = %err, "failed to remove stored rule");
-                (
-                    ErrorCode::Internal,
-                    format!("failed to remove rule {id}: {err}"),
-                )
-            })?;
-        }
-        state.rules.remove(id);
-        info!(rule = %id, "rule removed");
-        Ok(Response::RuleRemoved { id })
-    }
-
-    fn add_rule_locked(&self, state: &mut State, rule: Rule) -> Result<(), RequestError> {
-        if rule.lifetime.is_stored() {
-            self.store.insert(&rule).map_err(|err| {
-                error!(rule = %rule.id, error = %err, "failed to store rule");
-                (ErrorCode::Internal, format!("failed to store rule: {err}"))
-            })?;
-        }
-        state.rules.insert(rule);
-        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -319,74 +207,6 @@ impl Shared {
             kind,
         });
     }
-}
-
-/// Settles every pending request that the current rules decide. Returns the number of
-/// connections settled.
-fn settle_decided(state: &mut State) -> usize {
-    let State { rules, pending } = state;
-    let mut verdicts = Vec::new();
-    let now = clock::now();
-    let groups =
-        pending.take_matching(
-            |info| match rules.decide(&facts_of(info).as_connection(), &now) {
-                Some(rule) => {
-                    verdicts.push(Verdict {
-                        action: rule.action,
-                        by: DecidedBy::Rule { rule: rule.id },
-                    });
-                    true
-                }
-                None => false,
-            },
-        );
-    groups
-        .into_iter()
-        .zip(verdicts)
-        .map(|(group, verdict)| group.settle(verdict))
-        .sum()
-}
-
-fn facts_of(info: &PendingInfo) -> ConnectionFacts {
-    connection_facts(info.process.as_ref(), info.destination, info.protocol)
-}
-
-/// Returns what the daemon knows about a connection: the process's executable and uid when
-/// known, and the destination.
-fn connection_facts(
-    process: Option<&ProcessInfo>,
-    destination: SocketAddr,
-    protocol: Protocol,
-) -> ConnectionFacts {
-    let mut facts = ConnectionFacts::to(destination.ip(), destination.port(), protocol);
-    if let Some(process) = process {
-        facts.executable = process.executable.clone();
-        facts.uid = Some(process.uid);
-    }
-    facts
-}
-
-/// Builds the rule that a decision on a pending request creates: this executable (or any
-/// process when unknown), this address, port and protocol.
-fn rule_for_pending(info: &PendingInfo, action: Action, lifetime: Lifetime, id: RuleId) -> Rule {
-    let subject = match info.process.as_ref().and_then(|p| p.executable.clone()) {
-        Some(path) => Subject::executable(path),
-        None => Subject::any(),
-    };
-    let protocol = match info.protocol {
-        Protocol::Tcp => ProtocolMatch::Tcp,
-        Protocol::Udp => ProtocolMatch::Udp,
-    };
-    let destination = Destination {
-        address: AddressMatch::Ip(info.destination.ip()),
-        port: PortMatch::Port(info.destination.port()),
-        protocol,
-    };
-    let mut rule = Rule::new(id, subject, destination, action, lifetime);
-    rule.note = format!("answer to pending request {}", info.id);
-    rule.created_unix_ms = unix_ms(SystemTime::now());
-    rule.updated_unix_ms = rule.created_unix_ms;
-    rule
 }
 
 /// The identity of one diverted connection.
@@ -443,10 +263,12 @@ async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
         let facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
-        if let Some(rule) = state.rules.decide(&facts.as_connection(), &clock::now()) {
+        let now = clock::now();
+        if let Some((id, action)) = state.book.decide(&facts, &now) {
+            state.book.record_hits(id, 1, now.unix_ms);
             return Verdict {
-                action: rule.action,
-                by: DecidedBy::Rule { rule: rule.id },
+                action,
+                by: DecidedBy::Rule { rule: id },
             };
         }
         let (sender, receiver) = oneshot::channel();
