@@ -615,3 +615,179 @@ fn decide_until_exit_needs_a_known_process() {
     sleeper.wait().unwrap();
     wait_for_rule_count(&daemon, 0);
 }
+
+/// One row of the precedence table: two rules, a connection for `tollgate explain`, the rule
+/// that must win (0 or 1) and the step that must decide.
+struct PrecedenceCase {
+    rules: [&'static [&'static str]; 2],
+    explain: &'static [&'static str],
+    winner: usize,
+    step: &'static str,
+}
+
+const DIGEST: &str = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+
+const PRECEDENCE_CASES: &[PrecedenceCase] = &[
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--priority"],
+            &[
+                "--action",
+                "deny",
+                "--exe",
+                "/usr/bin/curl",
+                "--to",
+                "203.0.113.10",
+                "--port",
+                "80",
+            ],
+        ],
+        explain: &["/usr/bin/curl", "203.0.113.10:80"],
+        winner: 0,
+        step: "priority",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--sha256", DIGEST],
+            &[
+                "--action",
+                "deny",
+                "--exe",
+                "/usr/bin/curl",
+                "--to",
+                "203.0.113.10",
+            ],
+        ],
+        explain: &["/usr/bin/curl", "203.0.113.10:80", "--sha256", DIGEST],
+        winner: 0,
+        step: "executable",
+    },
+    PrecedenceCase {
+        rules: [
+            &[
+                "--action",
+                "deny",
+                "--exe",
+                "/usr/**",
+                "--to",
+                "203.0.113.10",
+            ],
+            &["--action", "allow", "--exe", "/usr/bin/*"],
+        ],
+        explain: &["/usr/bin/curl", "203.0.113.10:80"],
+        winner: 1,
+        step: "glob_length",
+    },
+    PrecedenceCase {
+        rules: [
+            &[
+                "--action",
+                "allow",
+                "--exe",
+                "/usr/bin/curl",
+                "--via",
+                "/usr/bin/bash",
+            ],
+            &[
+                "--action",
+                "deny",
+                "--exe",
+                "/usr/bin/curl",
+                "--to",
+                "203.0.113.10",
+            ],
+        ],
+        explain: &["/usr/bin/curl", "203.0.113.10:80", "--via", "/usr/bin/bash"],
+        winner: 0,
+        step: "subject_conditions",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--to", "203.0.113.10"],
+            &["--action", "deny", "--to", "example.com"],
+        ],
+        explain: &["unknown", "example.com:80", "--ip", "203.0.113.10"],
+        winner: 0,
+        step: "address_kind",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "deny", "--to", "*.example.com"],
+            &["--action", "allow", "--to", "*.www.example.com"],
+        ],
+        explain: &["unknown", "a.www.example.com:80", "--ip", "203.0.113.10"],
+        winner: 1,
+        step: "address_length",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--port", "80"],
+            &["--action", "deny", "--port", "1-1024"],
+        ],
+        explain: &["unknown", "203.0.113.10:80"],
+        winner: 0,
+        step: "ports",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--protocol", "tcp"],
+            &["--action", "deny"],
+        ],
+        explain: &["unknown", "203.0.113.10:80"],
+        winner: 0,
+        step: "protocol",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--to", "203.0.113.0/24"],
+            &["--action", "deny", "--to", "203.0.113.0/24"],
+        ],
+        explain: &["unknown", "203.0.113.10:80"],
+        winner: 1,
+        step: "action",
+    },
+    PrecedenceCase {
+        rules: [
+            &["--action", "allow", "--to", "203.0.113.0/24"],
+            &["--action", "allow", "--to", "203.0.113.0/24"],
+        ],
+        explain: &["unknown", "203.0.113.10:80"],
+        winner: 0,
+        step: "id",
+    },
+];
+
+#[test]
+fn explain_names_winner_for_each_step() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab);
+
+    for (row, case) in PRECEDENCE_CASES.iter().enumerate() {
+        for rule in rules_json(&daemon) {
+            run_ok(&daemon, &["rules", "remove", &rule["id"].to_string()]);
+        }
+        let ids: Vec<String> = case
+            .rules
+            .iter()
+            .map(|args| added_id(&run_ok(&daemon, &[&["rules", "add"], *args].concat())))
+            .collect();
+
+        let output = run_ok(&daemon, &[&["explain"], case.explain, &["--json"]].concat());
+
+        let value: serde_json::Value = serde_json::from_str(&output).unwrap();
+        let explanation = &value["explanation"];
+        let loser = &ids[1 - case.winner];
+        assert_eq!(
+            explanation["winner"].to_string(),
+            ids[case.winner],
+            "step {}: {output}",
+            row + 1
+        );
+        assert_eq!(
+            explanation["beaten"][0]["loser"].to_string(),
+            *loser,
+            "{output}"
+        );
+        assert_eq!(explanation["beaten"][0]["step"], case.step, "{output}");
+    }
+}
