@@ -576,7 +576,7 @@ fn garbage_on_socket_disconnects() {
     // An oversized line is rejected too.
     let mut stream = UnixStream::connect(daemon.socket_path()).unwrap();
     stream.set_read_timeout(Some(WAIT)).unwrap();
-    let _ = stream.write_all(&vec![b'a'; 100_000]);
+    let _ = stream.write_all(&vec![b'a'; 17 * 1024 * 1024]);
     let mut reader = std::io::BufReader::new(stream);
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();

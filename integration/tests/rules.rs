@@ -791,3 +791,28 @@ fn explain_names_winner_for_each_step() {
         assert_eq!(explanation["beaten"][0]["step"], case.step, "{output}");
     }
 }
+
+#[test]
+fn large_import_is_applied_whole() {
+    const COUNT: usize = 5000;
+    let lab = start_lab();
+    let daemon = start_daemon(&lab);
+    let rules: Vec<String> = (1..=COUNT)
+        .map(|id| {
+            format!(
+                r#"{{"id":{id},"subject":{{"executable":{{"path":"/usr/bin/app{id}"}}}},"destination":{{"address":{{"host":"host{id}.example.com"}},"port":{{"list":[80,443]}}}},"action":"allow","lifetime":"forever","note":"rule number {id} of a large import"}}"#
+            )
+        })
+        .collect();
+    let file = lab.work_dir().join("large.json");
+    let text = format!(
+        r#"{{"format":"tollgate-rules","version":1,"rules":[{}]}}"#,
+        rules.join(",")
+    );
+    assert!(text.len() > 1 << 20, "the import is larger than 1 MiB");
+    std::fs::write(&file, text).unwrap();
+
+    run_ok(&daemon, &["rules", "import", file.to_str().unwrap()]);
+
+    assert_eq!(rules_json(&daemon).len(), COUNT);
+}

@@ -17,8 +17,9 @@ use tollgate_rules::{
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Maximum length in bytes of one request line; longer lines are rejected and the client is
-/// disconnected.
-pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// disconnected. An `import_rules` request carries a whole export in one line, and 16 MiB
+/// holds about 40,000 rules of typical size.
+pub const MAX_REQUEST_LINE: usize = 16 * 1024 * 1024;
 
 /// One request line: the protocol version and the request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
