@@ -21,6 +21,9 @@ use crate::{
 /// How long [`Daemon::start`] waits for the daemon to serve its control socket.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// How long [`Daemon::stop`] waits for the daemon to exit after SIGTERM.
+pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// A `tollgated` process in the desk namespace of a [`Lab`].
 ///
 /// The config, rule database, control socket and log live in a directory of the lab's work
@@ -113,11 +116,24 @@ impl Daemon {
         self.spawn(lab)
     }
 
-    /// Stops the daemon with SIGTERM and waits for it to exit.
+    /// Stops the daemon with SIGTERM and waits for it to exit, for up to [`STOP_TIMEOUT`]
+    /// before it is killed. The daemon removes its table and routes before it exits, which can
+    /// take a while on a loaded machine.
     pub fn stop(&mut self) -> Result<(), DaemonError> {
-        if let Some(process) = self.process.take() {
-            process.stop().map_err(DaemonError::Signal)?;
+        let Some(process) = self.process.take() else {
+            return Ok(());
+        };
+        process
+            .send_signal(Signal::SIGTERM)
+            .map_err(DaemonError::Signal)?;
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if process.try_wait().map_err(DaemonError::Signal)?.is_some() {
+                break;
+            }
+            thread::sleep(Duration::from_millis(20));
         }
+        process.stop().map_err(DaemonError::Signal)?;
         Ok(())
     }
 

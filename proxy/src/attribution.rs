@@ -121,7 +121,11 @@ impl KernelAttribution {
             (Some(exe), false) => self.hasher.digest(exe).ok(),
             (None, false) => None,
         };
-        let command_line = if alive { command_line_of(owner.pid) } else { None };
+        let command_line = if alive {
+            command_line_of(owner.pid)
+        } else {
+            None
+        };
         ProcessInfo {
             pid: owner.pid,
             uid: owner.uid,
@@ -135,8 +139,17 @@ impl KernelAttribution {
             cgroup_id: owner.cgroup_id,
             sha256,
             command_line,
+            start_time: owner.start_time.and_then(clock_ticks),
         }
     }
+}
+
+/// Converts a time since boot to clock ticks, the unit of `/proc/PID/stat`.
+fn clock_ticks(since_boot: Duration) -> Option<u64> {
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).ok()?;
+    let ticks = since_boot.as_nanos() * u128::from(ticks_per_second) / 1_000_000_000;
+    u64::try_from(ticks).ok()
 }
 
 /// Returns whether `pid` still runs the process that started at `start_time` (time since boot).

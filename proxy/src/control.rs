@@ -174,12 +174,13 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             action,
             lifetime,
         } => shared.decide(id, action, lifetime),
-        Request::ListRules => Ok(Response::Rules {
-            rules: shared.rules(),
-        }),
+        Request::ListRules => Ok(shared.rules()),
         Request::AddRule { rule } => shared.add_rule(rule),
+        Request::EditRule { id, changes } => shared.edit_rule(id, changes),
         Request::RemoveRule { id } => shared.remove_rule(id),
         Request::SetInterception { enabled } => shared.set_interception(enabled).await,
+        Request::ImportRules { rules, new_ids } => shared.import_rules(rules, new_ids),
+        Request::Explain { connection } => Ok(shared.explain(*connection)),
         // Handled by the caller, which turns the connection into an event stream.
         Request::Watch => Ok(Response::Watching),
     };
@@ -301,7 +302,7 @@ fn error(code: ErrorCode, message: String) -> Response {
 
 #[cfg(test)]
 mod tests {
-    use tollgate_rules::{Action, Lifetime};
+    use tollgate_rules::{Action, LifetimeSpec};
 
     use super::*;
 
@@ -314,7 +315,7 @@ mod tests {
             Request::Decide {
                 id: 3,
                 action: Action::Allow,
-                lifetime: Lifetime::Forever
+                lifetime: LifetimeSpec::Forever
             }
         );
     }

@@ -235,6 +235,7 @@ mod tests {
                 uid: 0,
                 comm: "curl".into(),
                 executable: Some("/usr/bin/curl".into()),
+                start_time: None,
             }),
             source: "10.0.0.2:40000".parse().unwrap(),
             destination: SocketAddr::new("203.0.113.10".parse().unwrap(), port),

@@ -5,6 +5,8 @@
 //! - [`holding`] keeps pending requests: connections waiting for a person's decision.
 //! - [`daemon`] ties these together: accept, look up rules, hold, relay or reset; [`udp`] does
 //!   the same for UDP flows.
+//! - [`rule_book`] keeps the daemon's rules in memory and in the rule store, [`clock`] reads
+//!   the clocks rules expire by, and [`process`] identifies processes by pid and start time.
 //! - [`control`] serves the control socket; [`protocol`] defines what is said on it, and
 //!   [`client`] is the other end.
 //! - [`config`] reads `/etc/tollgate/config.toml`.
@@ -18,7 +20,9 @@ pub mod daemon;
 pub mod exe_hash;
 pub mod firewall;
 pub mod holding;
+pub mod process;
 pub mod protocol;
+pub mod rule_book;
 pub mod transparent;
 pub mod udp;
 pub mod unreachable;

@@ -8,14 +8,18 @@
 use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
-use tollgate_rules::{Action, Destination, Lifetime, Protocol, Rule, RuleId, Subject};
+use tollgate_rules::{
+    Action, Conflict, ConnectionFacts, Destination, Explanation, LifetimeSpec, Protocol, Rule,
+    RuleId, Subject,
+};
 
 /// Version of the protocol described here. A daemon rejects requests of any other version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
 /// Maximum length in bytes of one request line; longer lines are rejected and the client is
-/// disconnected.
-pub const MAX_REQUEST_LINE: usize = 64 * 1024;
+/// disconnected. An `import_rules` request carries a whole export in one line, and 16 MiB
+/// holds about 40,000 rules of typical size.
+pub const MAX_REQUEST_LINE: usize = 16 * 1024 * 1024;
 
 /// One request line: the protocol version and the request.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -51,20 +55,41 @@ pub enum Request {
         id: u64,
         /// Action applied to its connections.
         action: Action,
-        /// How long the decision lasts.
-        lifetime: Lifetime,
+        /// How long the decision lasts. `until_exit` without a pid means the process of the
+        /// pending request.
+        lifetime: LifetimeSpec,
     },
-    /// Lists the rules in force.
+    /// Lists every rule and the conflicts between them.
     ListRules,
     /// Adds a rule.
     AddRule {
         /// The rule to add; the daemon assigns its id.
         rule: Box<NewRule>,
     },
+    /// Changes fields of a rule.
+    EditRule {
+        /// The rule to change.
+        id: RuleId,
+        /// The new values; fields left out keep their value.
+        changes: Box<RuleChanges>,
+    },
     /// Removes a rule.
     RemoveRule {
         /// The rule to remove.
         id: RuleId,
+    },
+    /// Adds rules from an export file, all or none.
+    ImportRules {
+        /// The rules, as the export file has them.
+        rules: Vec<Rule>,
+        /// Whether to give the rules new ids instead of keeping theirs.
+        #[serde(default)]
+        new_ids: bool,
+    },
+    /// Explains which rule decides a connection.
+    Explain {
+        /// The facts of the connection.
+        connection: Box<ConnectionFacts>,
     },
     /// Streams connection events until the client disconnects.
     Watch,
@@ -76,21 +101,60 @@ pub enum Request {
     },
 }
 
-/// A rule as a client submits it, before the daemon assigns an id and a creation time.
+/// A rule as a client submits it, before the daemon assigns an id and times.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NewRule {
     /// The processes the rule applies to.
+    #[serde(default)]
     pub subject: Subject,
     /// The destinations the rule applies to.
+    #[serde(default)]
     pub destination: Destination,
     /// Action applied to a matching connection.
     pub action: Action,
-    /// How long the rule stays in force: `until_restart` or `forever`.
-    pub lifetime: Lifetime,
+    /// How long the rule stays in force; every lifetime except `once`.
+    pub lifetime: LifetimeSpec,
+    /// Whether the rule is an exception that beats rules without the mark.
+    #[serde(default)]
+    pub priority: bool,
+    /// Whether the rule matches; a disabled rule is kept but ignored.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
     /// Free text attached to the rule.
     #[serde(default)]
     pub note: String,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// New values for fields of a rule. Fields that are `None` keep their value.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RuleChanges {
+    /// New subject.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub subject: Option<Subject>,
+    /// New destination.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Destination>,
+    /// New action.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<Action>,
+    /// New lifetime, starting now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifetime: Option<LifetimeSpec>,
+    /// New priority mark.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<bool>,
+    /// Enables or disables the rule.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// New note.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
 }
 
 /// The daemon's reply to one request.
@@ -116,6 +180,9 @@ pub enum Response {
     Rules {
         /// Every rule, in precedence order.
         rules: Vec<Rule>,
+        /// Enabled rules with the same conditions and different actions, with the winner.
+        #[serde(default)]
+        conflicts: Vec<Conflict>,
     },
     /// Reply to [`Request::AddRule`].
     RuleAdded {
@@ -124,10 +191,31 @@ pub enum Response {
         /// Number of pending connections the new rule settled.
         settled: usize,
     },
+    /// Reply to [`Request::EditRule`].
+    RuleEdited {
+        /// The rule after the change.
+        rule: Rule,
+        /// Number of pending connections the changed rule settled.
+        settled: usize,
+    },
     /// Reply to [`Request::RemoveRule`].
     RuleRemoved {
         /// The rule that was removed.
         id: RuleId,
+    },
+    /// Reply to [`Request::ImportRules`].
+    RulesImported {
+        /// The ids of the imported rules, in the order of the request.
+        ids: Vec<RuleId>,
+        /// Number of pending connections the imported rules settled.
+        settled: usize,
+    },
+    /// Reply to [`Request::Explain`].
+    Explained {
+        /// Which rule decides and why.
+        explanation: Explanation,
+        /// The rules the explanation names.
+        rules: Vec<Rule>,
     },
     /// First reply to [`Request::Watch`]; events follow.
     Watching,
@@ -228,6 +316,10 @@ pub struct ProcessInfo {
     /// lookup time.
     #[serde(default)]
     pub command_line: Option<String>,
+    /// Start time in clock ticks after boot (field 22 of `/proc/PID/stat`), when known. It
+    /// distinguishes this process from a later one with the same pid.
+    #[serde(default)]
+    pub start_time: Option<u64>,
 }
 
 /// A pending request: one or more identical held connections waiting for a decision.

@@ -33,7 +33,11 @@ pub struct RuleFile {
 }
 
 /// Returns the export file of `rules` as pretty-printed JSON, rules in id order.
-pub fn export_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> String {
+///
+/// Fails only for a path that is not UTF-8, which JSON cannot carry.
+pub fn export_rules<'a>(
+    rules: impl IntoIterator<Item = &'a Rule>,
+) -> Result<String, serde_json::Error> {
     let mut rules: Vec<Rule> = rules.into_iter().cloned().collect();
     rules.sort_by_key(|rule| rule.id);
     let file = RuleFile {
@@ -41,10 +45,9 @@ pub fn export_rules<'a>(rules: impl IntoIterator<Item = &'a Rule>) -> String {
         version: EXPORT_VERSION,
         rules,
     };
-    // Serializing plain structs, strings and numbers to a string cannot fail.
-    let mut text = serde_json::to_string_pretty(&file).unwrap_or_default();
+    let mut text = serde_json::to_string_pretty(&file)?;
     text.push('\n');
-    text
+    Ok(text)
 }
 
 /// Parses an export file and checks every rule, returning the rules only if all are valid.
@@ -165,7 +168,7 @@ pub enum ImportError {
         id: Option<RuleId>,
         /// Path of the invalid field, such as `destination.port`.
         field: String,
-        /// What is wrong with it.
+        /// The problem with the field.
         message: String,
     },
 }
@@ -217,13 +220,13 @@ mod tests {
     fn export_then_import_is_exact() {
         let rules = sample_rules();
 
-        let text = export_rules(&rules);
+        let text = export_rules(&rules).unwrap();
         let imported = parse_rule_file(&text).unwrap();
 
         let mut expected = rules;
         expected.sort_by_key(|rule| rule.id);
         assert_eq!(imported, expected);
-        assert_eq!(export_rules(&imported), text);
+        assert_eq!(export_rules(&imported).unwrap(), text);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use crate::{
     ruleset::RuleSet,
 };
 
-/// Why a connection gets the verdict it gets.
+/// The reasons for a connection's verdict: the deciding rule and the rules it beats.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Explanation {
     /// The deciding rule, or `None` when the connection would be held for a prompt.
@@ -33,7 +33,7 @@ pub struct Contest {
     pub action: Action,
     /// The first step of the precedence table at which the two rules differ.
     pub step: Step,
-    /// Why the winner is better at that step.
+    /// The reason the winner is better at that step.
     pub reason: String,
 }
 

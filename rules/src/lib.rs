@@ -1,7 +1,7 @@
 //! Tollgate's rules: the model, matching and the on-disk store.
 //!
-//! - [`model`] holds the rule types: subject, destination, action and lifetime.
-//! - [`connection`] holds the facts about a connection that rules match on.
+//! - [`model`] contains the rule types: subject, destination, action and lifetime.
+//! - [`connection`] contains the facts about a connection that rules match on.
 //! - [`RuleSet`] decides which rule, if any, applies to a connection, through an index
 //!   ([`index`]) and with the precedence of [`precedence`]. It does no I/O and reads no
 //!   clock: the caller passes the time.

@@ -1,8 +1,8 @@
 //! The destination half of the index: rules of one subject class, found by destination.
 //!
-//! Each kind of address condition has its own table: hash maps for IP addresses, host names
-//! and domains (looked up once per suffix of each host name), one hash map per prefix length
-//! for networks, and plain lists for scopes and "any". A lookup visits the kinds from the most
+//! Each kind of address condition has its own table. IP addresses, host names and domains are
+//! in hash maps, and domains are looked up once per suffix of each host name. Networks have one
+//! hash map per prefix length, and scopes and "any" plain lists. A lookup visits the kinds from the most
 //! to the least specific and stops at the first kind with a match, because within one subject
 //! class the address kind decides before anything else.
 

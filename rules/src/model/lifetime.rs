@@ -14,7 +14,8 @@ pub struct Clock {
     pub boottime_ms: u64,
 }
 
-/// One process, told apart from a later process with the same pid by its start time.
+/// One process, identified by its pid and its start time, so that a later process with the same
+/// pid is another process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ProcessStart {
     /// Process id.

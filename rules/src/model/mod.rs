@@ -97,7 +97,7 @@ impl Rule {
     }
 
     /// Returns whether `other` has the same conditions (subject, destination, priority), so the
-    /// two rules match the same connections and only precedence tells them apart.
+    /// two rules match the same connections and only precedence decides between them.
     pub fn same_conditions(&self, other: &Self) -> bool {
         self.subject == other.subject
             && self.destination == other.destination

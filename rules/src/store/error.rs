@@ -122,7 +122,7 @@ pub enum StoreError {
         path: PathBuf,
         /// Id the row is stored under.
         id: RuleId,
-        /// What the current model rejects.
+        /// The value the current model rejects, and why.
         reason: String,
     },
 

@@ -1,5 +1,11 @@
 //! The daemon: accepts diverted TCP connections, holds them until a verdict, relays or resets
 //! them, and serves the control socket. UDP flows go through the same verdicts in [`crate::udp`].
+//!
+//! [`rule_requests`] carries out the control requests that change or read rules, and
+//! [`maintenance`] removes rules whose lifetime ended and saves hit counts.
+
+mod maintenance;
+mod rule_requests;
 
 use std::{
     future::Future,
@@ -17,10 +23,7 @@ use tokio::{
     sync::{broadcast, oneshot},
 };
 use tollgate_classifier::Classifier;
-use tollgate_rules::{
-    Action, AddressMatch, ConnectionFacts, Destination, Lifetime, PortMatch, Protocol,
-    ProtocolMatch, Rule, RuleId, RuleSet, RuleStore, Subject,
-};
+use tollgate_rules::{Action, AddressMatch, Lifetime, PortMatch, Protocol, ProtocolMatch, RuleSet};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
@@ -31,11 +34,12 @@ use crate::{
     firewall::{HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
-        StatusInfo,
+        DecidedBy, ErrorCode, Event, EventKind, PendingInfo, ProcessInfo, Response, StatusInfo,
     },
+    rule_book::RuleBook,
     transparent, udp,
 };
+use rule_requests::connection_facts;
 
 /// Number of events buffered for each watcher before it starts missing some.
 const EVENT_BUFFER: usize = 4096;
@@ -49,14 +53,10 @@ const RELAY_BUFFER: usize = 64 * 1024;
 /// Runs the daemon until `shutdown` completes, then removes the interception and the control
 /// socket.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let store = RuleStore::open(&config.rules_db_path()).with_context(|| {
-        format!(
-            "failed to open rule store in {}",
-            config.state_dir.display()
-        )
-    })?;
-    let rules = RuleSet::from_rules(store.load_all().context("failed to load stored rules")?);
-    info!(rules = rules.len(), path = %config.rules_db_path().display(), "rules loaded");
+    let rules_path = config.rules_db_path();
+    let book = RuleBook::open(&rules_path, clock::boot_id().as_deref(), &clock::now())
+        .with_context(|| format!("failed to load rules from {}", rules_path.display()))?;
+    info!(rules = book.rules().len(), path = %rules_path.display(), "rules loaded");
 
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
@@ -64,7 +64,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let udp_listeners = udp::bind_listeners(&config)?;
     let interception = if config.interception.enabled {
         Some(
-            Interception::install(&config.interception, &kernel_allows(&rules))
+            Interception::install(&config.interception, &kernel_allows(book.rules()))
                 .await
                 .context("failed to install interception")?,
         )
@@ -74,7 +74,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let (owners, classifier_counters) = load_attribution(&config);
-    let shared = Arc::new(Shared::new(config, store, rules, interception, owners));
+    let shared = Arc::new(Shared::new(config, book, interception, owners));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(counters) = classifier_counters {
         tasks.spawn(counters);
@@ -87,10 +87,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     tasks.spawn(control.serve(Arc::clone(&shared)));
     tasks.spawn(keep_kernel_state(Arc::clone(&shared)));
+    tasks.spawn(maintenance::remove_ended_rules(Arc::clone(&shared)));
+    tasks.spawn(maintenance::save_hits(Arc::clone(&shared)));
 
     shutdown.await;
     info!("shutting down");
     tasks.abort_all();
+    shared.flush_hits();
     if let Some(interception) = shared.interception.lock().await.take()
         && let Err(err) = interception.remove().await
     {
@@ -238,7 +241,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
 pub struct Shared {
     pub(crate) config: Config,
     state: Mutex<State>,
-    store: RuleStore,
     events: broadcast::Sender<Event>,
     next_connection: AtomicU64,
     pub(crate) active: AtomicUsize,
@@ -247,15 +249,13 @@ pub struct Shared {
     limit_reported: AtomicU64,
     /// The installed interception, `None` while it is off.
     interception: tokio::sync::Mutex<Option<Interception>>,
-    /// Wakes the task that copies forever-allow rules into the kernel.
-    rules_changed: tokio::sync::Notify,
     pub(crate) owners: Arc<dyn OwnerLookup>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
 /// change and the settling of the requests it matches.
 struct State {
-    rules: RuleSet,
+    book: RuleBook,
     pending: PendingTable,
 }
 
@@ -265,8 +265,7 @@ pub type RequestError = (ErrorCode, String);
 impl Shared {
     fn new(
         config: Config,
-        store: RuleStore,
-        rules: RuleSet,
+        book: RuleBook,
         interception: Option<Interception>,
         owners: Arc<dyn OwnerLookup>,
     ) -> Self {
@@ -274,17 +273,15 @@ impl Shared {
         Self {
             config,
             state: Mutex::new(State {
-                rules,
+                book,
                 pending: PendingTable::new(),
             }),
-            store,
             events,
             next_connection: AtomicU64::new(1),
             active: AtomicUsize::new(0),
             started: Instant::now(),
             limit_reported: AtomicU64::new(u64::MAX),
             interception: tokio::sync::Mutex::new(interception),
-            rules_changed: tokio::sync::Notify::new(),
             owners,
         }
     }
@@ -300,7 +297,7 @@ impl Shared {
             intercepting,
             pending_requests: state.pending.len(),
             held_connections: state.pending.held_connections(),
-            rules: state.rules.len(),
+            rules: state.book.rules().len(),
             active_connections: self.active.load(Ordering::Relaxed),
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
@@ -313,7 +310,7 @@ impl Shared {
         let mut interception = self.interception.lock().await;
         match (enabled, interception.take()) {
             (true, None) => {
-                let allowed = kernel_allows(&self.lock().rules);
+                let allowed = kernel_allows(self.lock().book.rules());
                 let installed = Interception::install(&self.config.interception, &allowed)
                     .await
                     .map_err(|err| {
@@ -330,7 +327,7 @@ impl Shared {
                 if let Err(err) = installed.remove().await {
                     error!(error = %format!("{err:#}"), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
-                    let allowed = kernel_allows(&self.lock().rules);
+                    let allowed = kernel_allows(self.lock().book.rules());
                     *interception = Interception::install(&self.config.interception, &allowed)
                         .await
                         .ok();
@@ -353,122 +350,9 @@ impl Shared {
         self.lock().pending.list()
     }
 
-    /// Returns every rule in precedence order.
-    pub fn rules(&self) -> Vec<Rule> {
-        let state = self.lock();
-        state
-            .rules
-            .in_precedence_order()
-            .into_iter()
-            .cloned()
-            .collect()
-    }
-
     /// Subscribes to connection events.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.events.subscribe()
-    }
-
-    /// Settles pending request `id` with `action`, adding a rule for it unless `lifetime` is
-    /// once. A stored rule is on disk before this returns.
-    pub fn decide(
-        &self,
-        id: u64,
-        action: Action,
-        lifetime: Lifetime,
-    ) -> Result<Response, RequestError> {
-        let mut state = self.lock();
-        let Some(info) = state.pending.list().into_iter().find(|info| info.id == id) else {
-            return Err((
-                ErrorCode::NotFound,
-                format!("no pending request with id {id}; list them with `tollgate pending`"),
-            ));
-        };
-        let rule = match lifetime {
-            Lifetime::Once => None,
-            _ => {
-                let rule = rule_for_pending(&info, action, lifetime, state.rules.next_id());
-                self.add_rule_locked(&mut state, rule.clone())?;
-                Some(rule)
-            }
-        };
-
-        let verdict = Verdict {
-            action,
-            by: DecidedBy::User,
-        };
-        let mut settled = match state.pending.take(id) {
-            Some(group) => group.settle(verdict),
-            None => 0,
-        };
-        settled += settle_decided(&mut state);
-        info!(pending = id, %action, %lifetime, settled, "pending request decided");
-        Ok(Response::Decided { settled, rule })
-    }
-
-    /// Adds a rule from a client and settles the pending requests it decides.
-    pub fn add_rule(&self, new: Box<NewRule>) -> Result<Response, RequestError> {
-        if new.lifetime == Lifetime::Once {
-            return Err((
-                ErrorCode::Invalid,
-                "a rule cannot have lifetime once; use until_restart or forever".into(),
-            ));
-        }
-        let mut state = self.lock();
-        let rule = Rule {
-            id: state.rules.next_id(),
-            subject: new.subject,
-            destination: new.destination,
-            action: new.action,
-            lifetime: new.lifetime,
-            enabled: true,
-            note: new.note,
-            created_unix_ms: unix_ms(SystemTime::now()),
-            updated_unix_ms: unix_ms(SystemTime::now()),
-            priority: false,
-            hits: 0,
-            last_hit_unix_ms: None,
-        };
-        self.add_rule_locked(&mut state, rule.clone())?;
-        let settled = settle_decided(&mut state);
-        info!(rule = %rule.id, action = %rule.action, lifetime = %rule.lifetime, "rule added");
-        Ok(Response::RuleAdded { rule, settled })
-    }
-
-    /// Removes a rule, from the store too when it is stored.
-    pub fn remove_rule(&self, id: RuleId) -> Result<Response, RequestError> {
-        let mut state = self.lock();
-        let Some(rule) = state.rules.get(id).cloned() else {
-            return Err((
-                ErrorCode::NotFound,
-                format!("no rule with id {id}; list them with `tollgate rules list`"),
-            ));
-        };
-        if rule.lifetime.is_stored() {
-            self.store.remove(id).map_err(|err| {
-                error!(rule = %id, error = %err, "failed to remove stored rule");
-                (
-                    ErrorCode::Internal,
-                    format!("failed to remove rule {id}: {err}"),
-                )
-            })?;
-        }
-        state.rules.remove(id);
-        self.rules_changed.notify_one();
-        info!(rule = %id, "rule removed");
-        Ok(Response::RuleRemoved { id })
-    }
-
-    fn add_rule_locked(&self, state: &mut State, rule: Rule) -> Result<(), RequestError> {
-        if rule.lifetime.is_stored() {
-            self.store.insert(&rule).map_err(|err| {
-                error!(rule = %rule.id, error = %err, "failed to store rule");
-                (ErrorCode::Internal, format!("failed to store rule: {err}"))
-            })?;
-        }
-        state.rules.insert(rule);
-        self.rules_changed.notify_one();
-        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -511,29 +395,31 @@ impl Shared {
 }
 
 /// Keeps the kernel's copy of the daemon's state current: refreshes the `alive` element that
-/// tells the table the daemon runs, and copies forever-allow rules into it after each change.
+/// tells the table the daemon runs, and copies forever-allow rules into it when they changed.
 async fn keep_kernel_state(shared: Arc<Shared>) {
     let mut interval = tokio::time::interval(HEARTBEAT_INTERVAL);
+    let mut applied: Option<Vec<KernelAllow>> = None;
     let mut failing = false;
     loop {
-        let rules_changed = tokio::select! {
-            _ = interval.tick() => false,
-            () = shared.rules_changed.notified() => true,
-        };
+        interval.tick().await;
         let interception = shared.interception.lock().await;
         let Some(interception) = interception.as_ref() else {
+            // Installing the table again also installs the current destinations.
+            applied = None;
             continue;
         };
-        let result = if rules_changed {
-            let allowed = kernel_allows(&shared.lock().rules);
+        let allowed = kernel_allows(shared.lock().book.rules());
+        let mut result = interception.heartbeat();
+        if result.is_ok() && applied.as_ref() != Some(&allowed) {
             debug!(
                 destinations = allowed.len(),
                 "updating forever-allowed destinations"
             );
-            interception.replace_allowed(&allowed)
-        } else {
-            interception.heartbeat()
-        };
+            result = interception.replace_allowed(&allowed);
+            if result.is_ok() {
+                applied = Some(allowed);
+            }
+        }
         match result {
             Ok(()) => failing = false,
             // Logged once per run of failures, since it repeats every second.
@@ -595,79 +481,6 @@ fn kernel_allows(rules: &RuleSet) -> Vec<KernelAllow> {
     allowed
 }
 
-/// Settles every pending request that the current rules decide. Returns the number of
-/// connections settled.
-fn settle_decided(state: &mut State) -> usize {
-    let State { rules, pending } = state;
-    let mut verdicts = Vec::new();
-    let now = clock::now();
-    let groups =
-        pending.take_matching(
-            |info| match rules.decide(&facts_of(info).as_connection(), &now) {
-                Some(rule) => {
-                    verdicts.push(Verdict {
-                        action: rule.action,
-                        by: DecidedBy::Rule { rule: rule.id },
-                    });
-                    true
-                }
-                None => false,
-            },
-        );
-    groups
-        .into_iter()
-        .zip(verdicts)
-        .map(|(group, verdict)| group.settle(verdict))
-        .sum()
-}
-
-fn facts_of(info: &PendingInfo) -> ConnectionFacts {
-    connection_facts(info.process.as_ref(), info.destination, info.protocol)
-}
-
-/// Returns what the daemon knows about a connection: the process's executable, digest, user,
-/// command line, script and parent when known, and the destination.
-fn connection_facts(
-    process: Option<&ProcessInfo>,
-    destination: SocketAddr,
-    protocol: Protocol,
-) -> ConnectionFacts {
-    let mut facts = ConnectionFacts::to(destination.ip(), destination.port(), protocol);
-    if let Some(process) = process {
-        facts.executable = process.executable.clone();
-        facts.sha256 = process.sha256.as_deref().and_then(|hex| hex.parse().ok());
-        facts.uid = Some(process.uid);
-        facts.user = process.user.clone();
-        facts.command_line = process.command_line.clone();
-        facts.script = process.script.clone();
-        facts.parent_executable = process.parent_executable.clone();
-    }
-    facts
-}
-
-/// Builds the rule that a decision on a pending request creates: this executable (or any
-/// process when unknown), this address, port and protocol.
-fn rule_for_pending(info: &PendingInfo, action: Action, lifetime: Lifetime, id: RuleId) -> Rule {
-    let subject = match info.process.as_ref().and_then(|p| p.executable.clone()) {
-        Some(path) => Subject::executable(path),
-        None => Subject::any(),
-    };
-    let protocol = match info.protocol {
-        Protocol::Tcp => ProtocolMatch::Tcp,
-        Protocol::Udp => ProtocolMatch::Udp,
-    };
-    let destination = Destination {
-        address: AddressMatch::Ip(info.destination.ip()),
-        port: PortMatch::Port(info.destination.port()),
-        protocol,
-    };
-    let mut rule = Rule::new(id, subject, destination, action, lifetime);
-    rule.note = format!("answer to pending request {}", info.id);
-    rule.created_unix_ms = unix_ms(SystemTime::now());
-    rule.updated_unix_ms = rule.created_unix_ms;
-    rule
-}
-
 /// The identity of one diverted connection or UDP flow.
 pub(crate) struct Flow {
     pub(crate) connection: u64,
@@ -722,10 +535,12 @@ pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
         let facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
-        if let Some(rule) = state.rules.decide(&facts.as_connection(), &clock::now()) {
+        let now = clock::now();
+        if let Some((id, action)) = state.book.decide(&facts, &now) {
+            state.book.record_hits(id, 1, now.unix_ms);
             return Verdict {
-                action: rule.action,
-                by: DecidedBy::Rule { rule: rule.id },
+                action,
+                by: DecidedBy::Rule { rule: id },
             };
         }
         if state.pending.held_connections() >= shared.config.max_held_connections {
