@@ -16,6 +16,9 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{broadcast, oneshot},
 };
+use tollgate_resolver::{
+    DnsServer, Hooks, NameMap, RefuseNothing, UpstreamConfig, resolv_conf, sockets::ListenConfig,
+};
 use tollgate_rules::{
     Action, AddressMatch, Connection, Destination, Lifetime, PortMatch, Protocol, ProtocolMatch,
     Rule, RuleId, RuleSet, RuleStore, Subject,
@@ -26,8 +29,9 @@ use crate::{
     attribution::{NoAttribution, OwnerLookup},
     config::Config,
     control::{self, ControlListener},
-    firewall::Interception,
+    firewall::{DnsSpec, Interception},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
+    naming::{self, DaemonAskers, Naming},
     protocol::{
         DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
         StatusInfo,
@@ -56,9 +60,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
     let listeners = bind_listeners(&config)?;
+    let owners: Arc<dyn OwnerLookup> = Arc::new(NoAttribution);
+    let dns = start_resolver(&config, Arc::clone(&owners))?;
     let interception = if config.interception.enabled {
+        let diversion = dns.as_ref().map(|_| dns_spec(&config));
         Some(
-            Interception::install(&config.interception)
+            Interception::install(&config.interception, diversion)
                 .await
                 .context("failed to install interception")?,
         )
@@ -67,7 +74,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let shared = Arc::new(Shared::new(config, store, rules, interception.is_some()));
+    let names = dns.as_ref().map(DnsServer::names);
+    let mut shared = Shared::new(config, store, rules, interception.is_some());
+    shared.owners = owners;
+    shared.names = names;
+    let shared = Arc::new(shared);
     let mut tasks = tokio::task::JoinSet::new();
     for listener in listeners {
         tasks.spawn(accept_loop(Arc::clone(&shared), listener));
@@ -82,7 +93,72 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     {
         error!(error = %format!("{err:#}"), "failed to remove interception");
     }
+    // The resolver stops only now, so no diverted query found its socket missing.
+    drop(dns);
     Ok(())
+}
+
+/// Starts the local resolver on the loopback addresses, unless the config disables it.
+fn start_resolver(
+    config: &Config,
+    owners: Arc<dyn OwnerLookup>,
+) -> anyhow::Result<Option<DnsServer>> {
+    let dns = &config.dns;
+    if !dns.enabled {
+        info!("DNS resolver disabled in config; connections are named by their first bytes only");
+        return Ok(None);
+    }
+    let listen = ListenConfig {
+        addresses: vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, dns.port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, dns.port)),
+        ],
+        transparent: true,
+        mark: Some(config.interception.bypass_mark),
+    };
+    let upstreams = upstreams(config, &listen.addresses)?;
+    let addresses: Vec<String> = upstreams.iter().map(|u| u.address.to_string()).collect();
+    info!(upstreams = ?addresses, "DNS upstreams");
+    let hooks = Hooks {
+        askers: Arc::new(DaemonAskers::new(owners)),
+        policy: Arc::new(RefuseNothing),
+    };
+    let server = DnsServer::start(dns, &upstreams, &listen, hooks)
+        .context("failed to start the DNS resolver (needs CAP_NET_ADMIN)")?;
+    Ok(Some(server))
+}
+
+/// Returns the configured upstreams, or the nameservers of resolv.conf without the resolver's
+/// own addresses.
+fn upstreams(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Vec<UpstreamConfig>> {
+    if !config.dns.upstreams.is_empty() {
+        return Ok(config.dns.upstreams.clone());
+    }
+    let path = &config.dns.resolv_conf_path;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {} for the DNS upstreams", path.display()))?;
+    Ok(resolv_conf::default_upstreams(&text, own))
+}
+
+/// Returns the DNS diversion: the resolver's port and the uids of the exempt users that exist.
+fn dns_spec(config: &Config) -> DnsSpec {
+    let exempt_uids = config
+        .interception
+        .dns_exempt_users
+        .iter()
+        .filter_map(|user| match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => Some(found.uid.as_raw()),
+            Ok(None) => None,
+            Err(err) => {
+                warn!(%user, error = %err, "failed to look up DNS-exempt user; not exempted");
+                None
+            }
+        })
+        .collect();
+    DnsSpec {
+        port: config.dns.port,
+        exempt_uids,
+    }
 }
 
 fn bind_listeners(config: &Config) -> anyhow::Result<Vec<TcpListener>> {
@@ -128,7 +204,9 @@ pub struct Shared {
     active: AtomicUsize,
     started: Instant,
     intercepting: bool,
-    owners: Box<dyn OwnerLookup>,
+    owners: Arc<dyn OwnerLookup>,
+    /// Names resolved through the local resolver, when it runs.
+    names: Option<Arc<NameMap>>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
@@ -156,7 +234,8 @@ impl Shared {
             active: AtomicUsize::new(0),
             started: Instant::now(),
             intercepting,
-            owners: Box::new(NoAttribution),
+            owners: Arc::new(NoAttribution),
+            names: None,
         }
     }
 
@@ -304,6 +383,8 @@ impl Shared {
             process: flow.process.clone(),
             source: flow.source,
             destination: flow.destination,
+            host: flow.naming.host.clone(),
+            name_source: flow.naming.source,
             protocol: flow.protocol,
             kind,
         });
@@ -378,6 +459,8 @@ struct Flow {
     source: SocketAddr,
     destination: SocketAddr,
     protocol: Protocol,
+    /// The destination's host name, from DNS at first and from the first bytes once peeked.
+    naming: Naming,
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
@@ -388,20 +471,32 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
     };
-    let flow = Flow {
+    let process = shared.owners.lookup(Protocol::Tcp, source, destination);
+    let naming = shared
+        .names
+        .as_deref()
+        .and_then(|names| {
+            let asker = naming::asker_for(process.as_ref(), source);
+            naming::from_dns(names, asker, destination.ip())
+        })
+        .unwrap_or_default();
+    let mut flow = Flow {
         connection: shared.next_connection.fetch_add(1, Ordering::Relaxed),
-        process: shared.owners.lookup(Protocol::Tcp, source, destination),
+        process,
         source,
         destination,
         protocol: Protocol::Tcp,
+        naming,
     };
     let process = match &flow.process {
         Some(process) => format!("{} ({})", process.comm, process.pid),
         None => "unknown process".to_owned(),
     };
-    let span = info_span!("connection", id = flow.connection, %source, %destination, %process);
+    let host = flow.naming.host.clone().unwrap_or_default();
+    let span =
+        info_span!("connection", id = flow.connection, %source, %destination, %host, %process);
     async move {
-        let verdict = verdict_for(&shared, &flow).await;
+        let verdict = verdict_for(&shared, &mut flow, &stream).await;
         debug!(action = %verdict.action, by = ?verdict.by, "verdict");
         shared.emit(
             &flow,
@@ -420,20 +515,23 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 /// Returns the verdict for a new connection: from a rule at once, or after holding it as a
-/// pending request until someone decides or the prompt times out.
-async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
+/// pending request until someone decides or the prompt times out. A connection about to be held
+/// without a DNS name is named from its first bytes first.
+async fn verdict_for(shared: &Shared, flow: &mut Flow, stream: &TcpStream) -> Verdict {
+    if let Some(verdict) = rule_verdict(shared, flow) {
+        return verdict;
+    }
+    if flow.naming.host.is_none()
+        && let Some(naming) = naming::peek_name(stream, shared.config.dns.peek_timeout()).await
+    {
+        debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
+        flow.naming = naming;
+    }
+
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
-        let connection = Connection {
-            executable: flow
-                .process
-                .as_ref()
-                .and_then(|process| process.executable.as_deref()),
-            ip: flow.destination.ip(),
-            port: flow.destination.port(),
-            protocol: flow.protocol,
-        };
-        if let Some(rule) = state.rules.decide(&connection) {
+        // A rule may have been added while the first bytes were awaited.
+        if let Some(rule) = state.rules.decide(&connection_of_flow(flow)) {
             return Verdict {
                 action: rule.action,
                 by: DecidedBy::Rule { rule: rule.id },
@@ -445,6 +543,8 @@ async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
             process: flow.process.clone(),
             source: flow.source,
             destination: flow.destination,
+            host: flow.naming.host.clone(),
+            name_source: flow.naming.source,
             protocol: flow.protocol,
             started: SystemTime::now(),
         };
@@ -472,6 +572,28 @@ async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
                 None => receiver.await.unwrap_or(timed_out),
             }
         }
+    }
+}
+
+/// Returns the verdict of the first matching rule, if any.
+fn rule_verdict(shared: &Shared, flow: &Flow) -> Option<Verdict> {
+    let state = shared.lock();
+    let rule = state.rules.decide(&connection_of_flow(flow))?;
+    Some(Verdict {
+        action: rule.action,
+        by: DecidedBy::Rule { rule: rule.id },
+    })
+}
+
+fn connection_of_flow(flow: &Flow) -> Connection<'_> {
+    Connection {
+        executable: flow
+            .process
+            .as_ref()
+            .and_then(|process| process.executable.as_deref()),
+        ip: flow.destination.ip(),
+        port: flow.destination.port(),
+        protocol: flow.protocol,
     }
 }
 

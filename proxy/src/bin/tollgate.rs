@@ -13,7 +13,10 @@ use tollgate_proxy::{
     client::Client,
     config::DEFAULT_CONTROL_SOCKET,
     holding::unix_ms,
-    protocol::{DecidedBy, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Request, Response},
+    protocol::{
+        DecidedBy, Event, EventKind, NameSource, NewRule, PendingInfo, ProcessInfo, Request,
+        Response,
+    },
 };
 use tollgate_rules::{
     Action, AddressMatch, Cidr, Destination, Lifetime, PortMatch, ProtocolMatch, Rule, RuleId,
@@ -367,17 +370,18 @@ fn print_pending(requests: &[PendingInfo]) {
         return;
     }
     println!(
-        "{:<5} {:<32} {:<40} {:<5} {:>5} {:>6}",
-        "ID", "PROCESS", "DESTINATION", "PROTO", "CONNS", "AGE"
+        "{:<5} {:<32} {:<40} {:<32} {:<5} {:>5} {:>6}",
+        "ID", "PROCESS", "DESTINATION", "HOST (SOURCE)", "PROTO", "CONNS", "AGE"
     );
     let now = unix_ms(SystemTime::now());
     for request in requests {
         let age = Duration::from_millis(now.saturating_sub(request.started_unix_ms));
         println!(
-            "{:<5} {:<32} {:<40} {:<5} {:>5} {:>5}s",
+            "{:<5} {:<32} {:<40} {:<32} {:<5} {:>5} {:>5}s",
             request.id,
             describe_process(request.process.as_ref()),
             request.destination.to_string(),
+            describe_host(request.host.as_deref(), request.name_source),
             request.protocol.to_string(),
             request.connections,
             age.as_secs()
@@ -392,6 +396,14 @@ fn describe_process(process: Option<&ProcessInfo>) -> String {
             Some(path) => format!("{} [{}]", path.display(), process.pid),
             None => format!("{} [{}]", process.comm, process.pid),
         },
+    }
+}
+
+/// Formats a host name with how it was learned, such as `example.com (dns)`, or `-`.
+fn describe_host(host: Option<&str>, source: NameSource) -> String {
+    match host {
+        Some(host) => format!("{host} ({source})"),
+        None => "-".to_owned(),
     }
 }
 
@@ -420,8 +432,12 @@ fn describe_rule(rule: &Rule) -> String {
 
 fn describe_event(event: &Event) -> String {
     let process = describe_process(event.process.as_ref());
+    let host = match &event.host {
+        Some(host) => format!(" {host} ({})", event.name_source),
+        None => String::new(),
+    };
     let flow = format!(
-        "#{} {} {} -> {}",
+        "#{} {} {} -> {}{host}",
         event.connection, event.protocol, event.source, event.destination
     );
     match &event.kind {

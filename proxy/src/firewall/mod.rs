@@ -1,4 +1,4 @@
-//! Diverting the network namespace's outbound TCP to the daemon: the nftables table and the
+//! Diverting the network namespace's outbound TCP and DNS to the daemon: the nftables table and the
 //! policy routing, installed together and removed together.
 
 pub mod nft;
@@ -9,7 +9,7 @@ use tracing::{info, warn};
 use crate::config::InterceptionConfig;
 
 pub use self::{
-    nft::{NftError, TableSpec},
+    nft::{DnsSpec, NftError, TableSpec},
     routing::{RoutingError, RoutingSpec},
 };
 
@@ -34,9 +34,14 @@ pub struct Interception {
 }
 
 impl Interception {
-    /// Installs the table and the policy routing, replacing leftovers of an earlier run.
-    pub async fn install(config: &InterceptionConfig) -> Result<Self, FirewallError> {
-        let interception = Self::from_config(config);
+    /// Installs the table and the policy routing, replacing leftovers of an earlier run. With
+    /// `dns`, port-53 traffic is diverted to the resolver.
+    pub async fn install(
+        config: &InterceptionConfig,
+        dns: Option<DnsSpec>,
+    ) -> Result<Self, FirewallError> {
+        let mut interception = Self::from_config(config);
+        interception.table.dns = dns;
         // Routes first: with the table in place but no routes, marked packets would leave
         // without being diverted.
         routing::install(&interception.routing).await?;
@@ -49,6 +54,7 @@ impl Interception {
         info!(
             table = "inet tollgate",
             tcp_port = config.tcp_port,
+            dns_port = interception.table.dns.as_ref().map(|dns| dns.port),
             route_table = config.route_table,
             "interception installed"
         );
@@ -77,6 +83,7 @@ impl Interception {
                 tcp_port: config.tcp_port,
                 intercept_mark: config.intercept_mark,
                 bypass_mark: config.bypass_mark,
+                dns: None,
             },
             routing: RoutingSpec {
                 mark: config.intercept_mark,
