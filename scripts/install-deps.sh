@@ -9,6 +9,7 @@ apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates \
     libnftnl-dev libmnl-dev \
     nftables iproute2 \
-    curl python3
+    curl python3 \
+    dnsmasq-base dnsutils openssl
 
 rustup component add rustfmt clippy

@@ -73,10 +73,14 @@ impl Daemon {
             path: dir.clone(),
             source,
         })?;
+        // Dotted keys keep the top level open, so `extra_config` may add top-level keys and
+        // `dns.` keys. The resolver's upstream is the lab's DNS server, never the host's.
         let config = format!(
-            "control_socket = \"{}\"\nstate_dir = \"{}\"\n{extra_config}\n",
+            "control_socket = \"{}\"\nstate_dir = \"{}\"\ndns.resolv_conf_path = \"{}\"\n\
+             {extra_config}\n",
             dir.join("control.sock").display(),
             dir.join("state").display(),
+            lab.dns().resolv_conf_path().display(),
         );
         let config_path = dir.join("config.toml");
         fs::write(&config_path, config).map_err(|source| DaemonError::File {

@@ -118,8 +118,12 @@ fn start_daemon(lab: &Lab) -> anyhow::Result<Option<Daemon>> {
     let log_path = work_dir.join("tollgated.log");
     fs::create_dir(&state_dir)
         .with_context(|| format!("failed to create {}", state_dir.display()))?;
-    fs::write(&config_path, daemon_config(&socket_path, &state_dir)?)
-        .with_context(|| format!("failed to write {}", config_path.display()))?;
+    let resolv_conf_path = lab.dns().resolv_conf_path();
+    fs::write(
+        &config_path,
+        daemon_config(&socket_path, &state_dir, resolv_conf_path)?,
+    )
+    .with_context(|| format!("failed to write {}", config_path.display()))?;
 
     let log = fs::File::create(&log_path)
         .with_context(|| format!("failed to create {}", log_path.display()))?;
@@ -144,12 +148,17 @@ fn start_daemon(lab: &Lab) -> anyhow::Result<Option<Daemon>> {
     }))
 }
 
-/// Returns the daemon's TOML configuration.
-fn daemon_config(socket_path: &Path, state_dir: &Path) -> anyhow::Result<String> {
+/// Returns the daemon's TOML configuration, whose DNS upstream is the lab's DNS server.
+fn daemon_config(
+    socket_path: &Path,
+    state_dir: &Path,
+    resolv_conf_path: &Path,
+) -> anyhow::Result<String> {
     Ok(format!(
-        "control_socket = {}\nstate_dir = {}\n",
+        "control_socket = {}\nstate_dir = {}\n[dns]\nresolv_conf_path = {}\n",
         toml_string(socket_path)?,
-        toml_string(state_dir)?
+        toml_string(state_dir)?,
+        toml_string(resolv_conf_path)?
     ))
 }
 
