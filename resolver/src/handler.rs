@@ -298,3 +298,74 @@ fn transport_of(protocol: Protocol) -> Transport {
 
 /// TTL of a refusal's null address, in seconds: short, so a later allow takes effect soon.
 const REFUSAL_TTL: u32 = 10;
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::op::Message;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// A query for `blog.test` A with EDNS, as bytes.
+    fn query_bytes() -> Vec<u8> {
+        let mut message = Message::query();
+        message.add_query(hickory_proto::op::Query::query(
+            Name::from_ascii("blog.test.").unwrap(),
+            RecordType::A,
+        ));
+        message.set_edns(Edns::new());
+        message.to_vec().unwrap()
+    }
+
+    fn client() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 5353))
+    }
+
+    #[test]
+    fn long_answer_is_truncated_at_limit() {
+        let request = Request::from_bytes(query_bytes(), client(), Protocol::Udp).unwrap();
+        let mut reply = error_reply(&request, ResponseCode::NoError);
+        for last in 0..=200u8 {
+            let data = RData::A(A(Ipv4Addr::new(198, 51, 100, last)));
+            reply.answers.push(Record::from_rdata(
+                Name::from_ascii("blog.test.").unwrap(),
+                60,
+                data,
+            ));
+        }
+        let bytes = encode_reply(&request, &reply, udp_response_limit(&request));
+        assert!(
+            bytes.len() <= usize::from(MAX_UDP_RESPONSE),
+            "{} bytes",
+            bytes.len()
+        );
+        let message = Message::from_vec(&bytes).unwrap();
+        assert!(message.metadata.truncation);
+        assert!(message.answers.len() < 201);
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_requests_encode_or_fail_cleanly(
+            bytes in proptest::collection::vec(any::<u8>(), 0..300),
+        ) {
+            if let Ok(request) = Request::from_bytes(bytes, client(), Protocol::Udp) {
+                let reply = error_reply(&request, ResponseCode::ServFail);
+                let encoded = encode_reply(&request, &reply, udp_response_limit(&request));
+                prop_assert!(encoded.len() <= usize::from(MAX_UDP_RESPONSE));
+            }
+        }
+
+        #[test]
+        fn mutated_queries_never_panic(position in 0usize..64, value in any::<u8>()) {
+            let mut bytes = query_bytes();
+            let position = position % bytes.len();
+            bytes[position] = value;
+            let _ = crate::malformed::formerr_for(&bytes);
+            if let Ok(request) = Request::from_bytes(bytes, client(), Protocol::Tcp) {
+                let reply = error_reply(&request, ResponseCode::FormErr);
+                let _ = encode_reply(&request, &reply, u16::MAX);
+            }
+        }
+    }
+}
