@@ -14,7 +14,7 @@ use std::{
 use tollgate_integration::{
     Lab,
     daemon::Daemon,
-    dns::{ALIAS_NAME, BIG_NAME, BIG_RECORDS, BLOG_NAME, SHOP_NAME},
+    dns::{ALIAS_NAME, BIG_NAME, BIG_RECORDS, BLOG_NAME, SHOP_NAME, SHORT_TTL_NAME},
     topology::{DESK_LINK, DNS_V4, OTHER_DNS_V4, SERVER_A_V4, SERVER_B_V4},
 };
 
@@ -333,6 +333,61 @@ fn events_carry_host() {
         .unwrap_or_else(|| panic!("no held event: {events:#?}"));
     assert_eq!(held["host"], BLOG_NAME);
     assert_eq!(held["name_source"], "dns");
+}
+
+#[test]
+fn dns_rules_come_before_tcp() {
+    let lab = start_lab();
+    let _daemon = start_daemon(&lab, "interception.dns_exempt_users = [\"nobody\"]");
+    let output = lab
+        .desk_command("nft")
+        .args(["list", "table", "inet", "tollgate"])
+        .output()
+        .unwrap();
+    let ruleset = text(&output.stdout);
+    let position = |needle: &str| {
+        ruleset
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from\n{ruleset}"))
+    };
+
+    let exempt = position("udp dport 53 meta skuid 65534 return");
+    let dns_mark = position("udp dport 53 meta mark set");
+    let tcp_mark = position("meta l4proto tcp meta mark set");
+    assert!(exempt < dns_mark, "{ruleset}");
+    assert!(dns_mark < tcp_mark, "{ruleset}");
+    let dns_tproxy = position("ipv4 tcp dport 53 tproxy ip to 127.0.0.1:15053");
+    let tcp_tproxy = position("tproxy ip to 127.0.0.1:15001");
+    assert!(dns_tproxy < tcp_tproxy, "{ruleset}");
+    position("ipv6 udp dport 53 tproxy ip6 to [::1]:15053");
+}
+
+#[test]
+fn name_expires_after_ttl_and_grace() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "dns.name_grace_secs = 1");
+    let resolved = dig(&lab, &["+short", SHORT_TTL_NAME]);
+    assert_eq!(text(&resolved.stdout).trim(), SERVER_B_V4.to_string());
+
+    let url = format!("http://{SERVER_B_V4}/");
+    let fresh = spawn_curl(&lab, &[&url]);
+    let request = pending_for(&daemon, "203.0.113.20:80");
+    assert_eq!(request["host"], SHORT_TTL_NAME, "{request:#}");
+    allow(&daemon, &request);
+    assert!(fresh.wait_with_output().unwrap().status.success());
+
+    // The TTL is 2 s and the grace period 1 s; the request's Host is the bare address.
+    thread::sleep(Duration::from_secs(4));
+    let stale = spawn_curl(&lab, &[&url]);
+    let request = pending_for(&daemon, "203.0.113.20:80");
+    assert!(request["host"].is_null(), "{request:#}");
+    assert_eq!(request["name_source"], "none");
+    allow(&daemon, &request);
+    assert!(stale.wait_with_output().unwrap().status.success());
+
+    // Both mappings of the answer expired: this client's and the machine-wide one.
+    let status = text(&daemon.run_cli(&["status"]).stdout);
+    assert!(status.contains("2 expired"), "{status}");
 }
 
 #[test]

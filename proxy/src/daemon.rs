@@ -33,8 +33,8 @@ use crate::{
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     naming::{self, DaemonAskers, Naming},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
-        StatusInfo,
+        DecidedBy, ErrorCode, Event, EventKind, NameMapStatus, NewRule, PendingInfo, ProcessInfo,
+        Response, StatusInfo,
     },
     transparent,
 };
@@ -253,6 +253,14 @@ impl Shared {
             active_connections: self.active.load(Ordering::Relaxed),
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
+            names: self.names.as_deref().map(|names| {
+                let stats = names.stats();
+                NameMapStatus {
+                    entries: stats.entries,
+                    evictions: stats.evictions,
+                    expirations: stats.expirations,
+                }
+            }),
         }
     }
 

@@ -177,6 +177,20 @@ pub struct StatusInfo {
     pub prompt_timeout_secs: u64,
     /// Action applied when no decision comes in time.
     pub default_action: Action,
+    /// The name map of the local resolver, or `None` when the resolver is disabled.
+    #[serde(default)]
+    pub names: Option<NameMapStatus>,
+}
+
+/// Counters of the local resolver's name map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameMapStatus {
+    /// Mappings held now, per process and machine-wide together.
+    pub entries: usize,
+    /// Mappings evicted because the `dns.max_names` cap was reached.
+    pub evictions: u64,
+    /// Mappings dropped because their TTL and grace period had passed.
+    pub expirations: u64,
 }
 
 /// Known facts about the process that opened a connection.

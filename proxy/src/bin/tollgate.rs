@@ -191,6 +191,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "  prompt timeout:     {}s, then {}",
                 status.prompt_timeout_secs, status.default_action
             );
+            match status.names {
+                Some(names) => println!(
+                    "  DNS names:          {} held, {} evicted, {} expired",
+                    names.entries, names.evictions, names.expirations
+                ),
+                None => println!("  DNS names:          resolver disabled"),
+            }
         }
         Command::Pending { json } => {
             let Response::Pending { requests } =
