@@ -141,6 +141,9 @@ fn upstreams(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Vec<Upstream
 }
 
 /// Returns the DNS diversion: the resolver's port and the uids of the exempt users that exist.
+///
+/// NOTE: queries to a local stub (127.0.0.53) are not diverted, because the `fib daddr type
+/// local` rule returns first, so programs behind such a stub are named by their first bytes.
 fn dns_spec(config: &Config) -> DnsSpec {
     let exempt_uids = config
         .interception

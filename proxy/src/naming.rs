@@ -105,6 +105,10 @@ fn named(host: String, source: NameSource) -> Decision {
 }
 
 /// Returns the asker key of a flow: its process when known, else its client address.
+///
+/// NOTE: without kernel attribution every flow is keyed by address, so programs on one address
+/// share names, and a program that asks over IPv6 but connects over IPv4 gets only the
+/// machine-wide name.
 pub fn asker_for(process: Option<&ProcessInfo>, source: SocketAddr) -> Asker {
     match process {
         Some(process) => Asker::Process { pid: process.pid },

@@ -23,7 +23,8 @@ use tokio::{
 };
 use tollgate_integration::{
     Lab, ProcessGuard,
-    topology::{DESK_V4, DESK_V6, SERVER_ADDRS},
+    dns::BLOG_NAME,
+    topology::{DESK_V4, DESK_V6, DNS_V4, SERVER_ADDRS},
     workspace_binary,
 };
 
@@ -282,10 +283,12 @@ fn print_guide(lab: &Lab, daemon: Option<&Daemon>) {
     println!("  desk: {DESK_V4}, {DESK_V6}");
     println!("  net (the \"internet\"): {}", servers.join(", "));
     println!("  servers in net: HTTP on port 80, echo on port 7, bulk on port 9000");
+    println!("  DNS in net: {DNS_V4} for the zone lab.test");
     println!();
     println!("Try:");
     println!("  curl {}", Lab::http_url(SERVER_ADDRS[0]));
     println!("  curl '{}'", Lab::http_url(SERVER_ADDRS[2]));
+    println!("  curl http://{BLOG_NAME}/");
     match daemon {
         Some(daemon) => {
             println!("  tollgate --socket \"$TOLLGATE_SOCKET\" pending     # connections waiting");
