@@ -14,7 +14,8 @@ apt-get install -y -qq --no-install-recommends \
     libnftnl-dev libmnl-dev \
     llvm-22-dev \
     nftables iproute2 bpftool \
-    curl python3 liburing-dev
+    curl python3 liburing-dev \
+    dnsmasq-base dnsutils openssl
 
 rustup component add rustfmt clippy rust-src
 

@@ -84,12 +84,14 @@ impl Daemon {
             path: PathBuf::from(lab.name()),
             source,
         })?;
-        // The attribution table goes last, after the caller's top-level keys.
+        // Dotted keys keep the top level open, so `extra_config` may add top-level keys and
+        // `dns.` keys. The resolver's upstream is the lab's DNS server, never the host's.
         let config = format!(
-            "control_socket = \"{}\"\nstate_dir = \"{}\"\n{extra_config}\n\
-             [attribution]\ncgroup = \"{}\"\n",
+            "control_socket = \"{}\"\nstate_dir = \"{}\"\ndns.resolv_conf_path = \"{}\"\n\
+             attribution.cgroup = \"{}\"\n{extra_config}\n",
             dir.join("control.sock").display(),
             dir.join("state").display(),
+            lab.dns().resolv_conf_path().display(),
             cgroup.path().display(),
         );
         let config_path = dir.join("config.toml");

@@ -14,6 +14,7 @@ use tempfile::TempDir;
 
 use crate::{
     client::{self, BulkTransfer, TransferError},
+    dns::{DnsError, LabDns},
     netns::{NetNs, NetNsError, unique_tag},
     process::ProcessGuard,
     servers::{self, ServerError, Servers},
@@ -24,8 +25,8 @@ use crate::{
 ///
 /// "desk" is the machine the firewall protects: tests run `tollgated` and client programs
 /// there. "net" plays the internet and runs an HTTP server (port 80), an echo server (port 7)
-/// and a bulk server (port 9000) on every address in [`SERVER_ADDRS`]. See [`topology`] for
-/// the addresses.
+/// and a bulk server (port 9000) on every address in [`SERVER_ADDRS`], and a DNS server for the
+/// zone `lab.test` (see [`crate::dns`]). See [`topology`] for the addresses.
 ///
 /// Dropping the lab stops the servers and every process started with [`NetNs::spawn`], then
 /// deletes both namespaces and the work directory. This also happens during a panic, but not
@@ -34,6 +35,7 @@ use crate::{
 pub struct Lab {
     // Fields drop in order: the servers stop before their namespace goes away.
     servers: Servers,
+    dns: LabDns,
     desk: NetNs,
     net: NetNs,
     name: String,
@@ -56,10 +58,12 @@ impl Lab {
         topology::build(&desk, &net)?;
 
         let servers = servers::start(&net, work_dir.path(), &name)?;
+        let dns = LabDns::start(&net, desk.name(), &work_dir.path().join("dnsmasq.log"))?;
         desk.run(check_servers_reachable)??;
 
         Ok(Self {
             servers,
+            dns,
             desk,
             net,
             name,
@@ -96,6 +100,11 @@ impl Lab {
     /// (`http.log`, `lab-server.log`) and is deleted on drop.
     pub fn work_dir(&self) -> &Path {
         self.work_dir.path()
+    }
+
+    /// Returns the lab's DNS server and desk's resolv.conf.
+    pub fn dns(&self) -> &LabDns {
+        &self.dns
     }
 
     /// Returns the HTTP server process.
@@ -150,6 +159,10 @@ pub enum LabError {
     /// A server did not start.
     #[error(transparent)]
     Server(#[from] ServerError),
+
+    /// The DNS server did not start.
+    #[error(transparent)]
+    Dns(#[from] DnsError),
 
     /// Desk could not connect to a server that net reported as listening.
     #[error("desk cannot reach {addr} within {timeout:?}")]

@@ -15,7 +15,8 @@
 //! - [`pattern`]: the byte pattern of the bulk server.
 //! - [`binary`]: [`workspace_binary`], which finds `tollgated`, `tollgate` and `lab-server`;
 //! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk;
-//! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in.
+//! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in;
+//! - [`dns`]: the lab's DNS server (dnsmasq) and desk's resolv.conf.
 //!
 //! ```no_run
 //! use tollgate_integration::{Lab, topology::SERVER_A_V4};
@@ -36,6 +37,7 @@ pub mod binary;
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
+pub mod dns;
 pub mod lab;
 pub mod netns;
 pub mod pattern;

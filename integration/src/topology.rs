@@ -4,7 +4,8 @@
 //!  desk                                   net
 //!  veth0 10.77.0.2/24, fd77::2/64  <--->  veth1 10.77.0.1/24, fd77::1/64
 //!  default via 10.77.0.1, fd77::1         lo: 203.0.113.10, 203.0.113.20,
-//!                                             2001:db8::10, 2001:db8::20
+//!                                             2001:db8::10, 2001:db8::20,
+//!                                             DNS 203.0.113.53, 2001:db8::53
 //! ```
 //!
 //! The server addresses come from the documentation ranges (RFC 5737 and RFC 3849), so they
@@ -32,6 +33,13 @@ pub const SERVER_B_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 20);
 pub const SERVER_A_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x10);
 /// The IPv6 address of "internet" server B in net.
 pub const SERVER_B_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x20);
+
+/// The IPv4 address of the lab's DNS server in net.
+pub const DNS_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 53);
+/// The IPv6 address of the lab's DNS server in net.
+pub const DNS_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 0x53);
+/// A second address of net on which no DNS server listens, for queries aimed elsewhere.
+pub const OTHER_DNS_V4: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 54);
 
 /// All server addresses. Every server in net listens on each of them.
 pub const SERVER_ADDRS: [IpAddr; 4] = [
@@ -100,7 +108,12 @@ pub(crate) fn build(desk: &NetNs, net: &NetNs) -> Result<(), NetNsError> {
         NET_LINK,
         "nodad",
     ])?;
-    for addr in SERVER_ADDRS {
+    let dns_addrs = [
+        IpAddr::V4(DNS_V4),
+        IpAddr::V6(DNS_V6),
+        IpAddr::V4(OTHER_DNS_V4),
+    ];
+    for addr in SERVER_ADDRS.into_iter().chain(dns_addrs) {
         match addr {
             IpAddr::V4(addr) => net.ip(["addr", "add", &format!("{addr}/32"), "dev", "lo"])?,
             IpAddr::V6(addr) => {

@@ -9,6 +9,7 @@ use std::{
 };
 
 use serde::Deserialize;
+use tollgate_resolver::DnsConfig;
 use tollgate_rules::Action;
 
 /// Path of the configuration file when none is given on the command line.
@@ -48,6 +49,8 @@ pub struct Config {
     pub interception: InterceptionConfig,
     /// Process attribution settings.
     pub attribution: AttributionConfig,
+    /// Settings of the local DNS resolver.
+    pub dns: DnsConfig,
 }
 
 /// Settings of the kernel programs that name the process behind each flow.
@@ -89,6 +92,10 @@ pub struct InterceptionConfig {
     pub route_table: u32,
     /// Priority of the policy routing rules that select `route_table`.
     pub rule_priority: u32,
+    /// Users whose DNS traffic is not diverted to the resolver: local stub resolvers that the
+    /// resolver may forward to, whose own upstream queries would otherwise come back to it in a
+    /// loop. Users that do not exist are skipped.
+    pub dns_exempt_users: Vec<String>,
 }
 
 impl Default for Config {
@@ -106,6 +113,7 @@ impl Default for Config {
             udp_deny_icmp: false,
             interception: InterceptionConfig::default(),
             attribution: AttributionConfig::default(),
+            dns: DnsConfig::default(),
         }
     }
 }
@@ -120,6 +128,7 @@ impl Default for InterceptionConfig {
             bypass_mark: 0x2,
             route_table: 100,
             rule_priority: 100,
+            dns_exempt_users: vec!["systemd-resolve".to_owned()],
         }
     }
 }
@@ -233,7 +242,10 @@ impl Config {
                 "interception.route_table must not be 0 or a reserved table (253-255)".into(),
             );
         }
-        Ok(())
+        if self.dns.enabled && self.dns.port == interception.tcp_port {
+            return Err("dns.port must differ from interception.tcp_port".into());
+        }
+        self.dns.validate()
     }
 }
 
@@ -289,6 +301,29 @@ mod tests {
     #[test]
     fn overlapping_marks_are_rejected() {
         let err = parse("[interception]\nintercept_mark = 3\nbypass_mark = 2\n").unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn dns_table_is_read() {
+        let config = parse(
+            "[dns]\nport = 16053\nrefusal = \"null_address\"\n\
+             [[dns.upstreams]]\naddress = \"192.0.2.53\"\nprotocol = \"tls\"\n\
+             server_name = \"dns.test\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.dns.port, 16053);
+        assert_eq!(
+            config.dns.refusal,
+            tollgate_resolver::RefusalMode::NullAddress
+        );
+        assert_eq!(config.dns.upstreams[0].port(), 853);
+    }
+
+    #[test]
+    fn encrypted_upstream_needs_server_name() {
+        let err = parse("[[dns.upstreams]]\naddress = \"192.0.2.53\"\nprotocol = \"https\"\n")
+            .unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     }
 

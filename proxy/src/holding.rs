@@ -11,7 +11,7 @@ use std::{
 use tokio::sync::oneshot;
 use tollgate_rules::{Action, Protocol};
 
-use crate::protocol::{DecidedBy, PendingInfo, ProcessInfo};
+use crate::protocol::{DecidedBy, NameSource, PendingInfo, ProcessInfo};
 
 /// The decision delivered to a held connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,11 +31,13 @@ pub struct HeldConnection {
     pub responder: oneshot::Sender<Verdict>,
 }
 
-/// The facts that make two connections identical for grouping.
+/// The facts that make two connections identical for grouping. The host name is one of them,
+/// so two names served from one address are asked about separately.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     process: Option<(u32, Option<PathBuf>)>,
     destination: SocketAddr,
+    host: Option<String>,
     protocol: Protocol,
 }
 
@@ -82,6 +84,10 @@ pub struct NewHold {
     pub source: SocketAddr,
     /// Original destination.
     pub destination: SocketAddr,
+    /// Host name of the destination, when known.
+    pub host: Option<String>,
+    /// The way `host` was learned.
+    pub name_source: NameSource,
     /// Transport protocol.
     pub protocol: Protocol,
     /// When the connection arrived.
@@ -103,6 +109,7 @@ impl PendingTable {
                 .as_ref()
                 .map(|process| (process.pid, process.executable.clone())),
             destination: hold.destination,
+            host: hold.host.clone(),
             protocol: hold.protocol,
         };
         let held = HeldConnection {
@@ -125,6 +132,8 @@ impl PendingTable {
             process: hold.process,
             source: hold.source,
             destination: hold.destination,
+            host: hold.host,
+            name_source: hold.name_source,
             protocol: hold.protocol,
             started_unix_ms: unix_ms(hold.started),
             connections: 1,
@@ -239,6 +248,8 @@ mod tests {
             }),
             source: "10.0.0.2:40000".parse().unwrap(),
             destination: SocketAddr::new("203.0.113.10".parse().unwrap(), port),
+            host: None,
+            name_source: NameSource::None,
             protocol: Protocol::Tcp,
             started: SystemTime::now(),
         }
@@ -277,6 +288,19 @@ mod tests {
         let (d, _, _rd) = hold(&mut table, new_hold(4, None, 80));
         assert_eq!(table.len(), 4);
         assert!(a != b && b != c && c != d && a != c && a != d);
+    }
+
+    #[test]
+    fn different_host_is_separate() {
+        let mut table = PendingTable::new();
+        let mut blog = new_hold(1, Some(7), 80);
+        blog.host = Some("blog.test".into());
+        let mut shop = new_hold(2, Some(7), 80);
+        shop.host = Some("shop.test".into());
+        let (first, _, _a) = hold(&mut table, blog);
+        let (second, _, _b) = hold(&mut table, shop);
+        assert_ne!(first, second);
+        assert_eq!(table.list()[1].host.as_deref(), Some("shop.test"));
     }
 
     #[test]

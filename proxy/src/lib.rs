@@ -1,8 +1,10 @@
 //! Tollgate's daemon, `tollgated`, and the library behind the `tollgate` command.
 //!
-//! - [`firewall`] installs the nftables table and policy routing that divert outbound TCP.
+//! - [`firewall`] installs the nftables table and policy routing that divert outbound TCP and
+//!   DNS.
 //! - [`transparent`] opens the TPROXY listeners and the daemon's own upstream sockets.
 //! - [`holding`] keeps pending requests: connections waiting for a person's decision.
+//! - [`naming`] names a connection's destination from DNS answers or its first bytes.
 //! - [`daemon`] ties these together: accept, look up rules, hold, relay or reset; [`udp`] does
 //!   the same for UDP flows.
 //! - [`rule_book`] keeps the daemon's rules in memory and in the rule store, [`clock`] reads
@@ -20,6 +22,7 @@ pub mod daemon;
 pub mod exe_hash;
 pub mod firewall;
 pub mod holding;
+pub mod naming;
 pub mod process;
 pub mod protocol;
 pub mod rule_book;

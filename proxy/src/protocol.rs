@@ -276,6 +276,20 @@ pub struct StatusInfo {
     pub prompt_timeout_secs: u64,
     /// Action applied when no decision comes in time.
     pub default_action: Action,
+    /// The name map of the local resolver, or `None` when the resolver is disabled.
+    #[serde(default)]
+    pub names: Option<NameMapStatus>,
+}
+
+/// Counters of the local resolver's name map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameMapStatus {
+    /// Mappings held now, per process and machine-wide together.
+    pub entries: usize,
+    /// Mappings evicted because the `dns.max_names` cap was reached.
+    pub evictions: u64,
+    /// Mappings dropped because their TTL and grace period had passed.
+    pub expirations: u64,
 }
 
 /// Known facts about the process that opened a connection, captured in the kernel when it
@@ -333,12 +347,47 @@ pub struct PendingInfo {
     pub source: SocketAddr,
     /// The destination the program connected to.
     pub destination: SocketAddr,
+    /// Host name of the destination, when one is known.
+    pub host: Option<String>,
+    /// The way `host` was learned.
+    pub name_source: NameSource,
     /// Transport protocol.
     pub protocol: Protocol,
     /// Start of the first held connection, in milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
     /// Number of connections held for this request.
     pub connections: usize,
+}
+
+/// The way a connection's host name was learned.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NameSource {
+    /// The same process resolved the name to this address through the local resolver. Until
+    /// processes are known, "the same process" means the same client address.
+    Dns,
+    /// The process resolved no name to this address, so the name is the latest that any
+    /// process resolved to it and may belong to another program.
+    DnsMachine,
+    /// The server name of the TLS ClientHello the program sent.
+    Tls,
+    /// The `Host` header of the HTTP request the program sent.
+    Http,
+    /// No name is known.
+    #[default]
+    None,
+}
+
+impl std::fmt::Display for NameSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Dns => "dns",
+            Self::DnsMachine => "dns_machine",
+            Self::Tls => "tls",
+            Self::Http => "http",
+            Self::None => "none",
+        })
+    }
 }
 
 /// A connection event streamed to watchers.
@@ -354,6 +403,10 @@ pub struct Event {
     pub source: SocketAddr,
     /// Original destination.
     pub destination: SocketAddr,
+    /// Host name of the destination, when one is known.
+    pub host: Option<String>,
+    /// The way `host` was learned.
+    pub name_source: NameSource,
     /// Transport protocol.
     pub protocol: Protocol,
     /// What happened.

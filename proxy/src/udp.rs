@@ -93,12 +93,15 @@ pub async fn serve(shared: Arc<Shared>, listener: UdpSocket) {
             refuse(&shared, key, len);
         }
         if let Dispatch::NewFlow(payload) = outcome {
+            let process = shared.owners.lookup(Protocol::Udp, key.0, key.1);
+            let naming = shared.name_for(process.as_ref(), key.0, key.1);
             let flow = Flow {
                 connection: shared.next_connection(),
-                process: shared.owners.lookup(Protocol::Udp, key.0, key.1),
+                process,
                 source: key.0,
                 destination: key.1,
                 protocol: Protocol::Udp,
+                naming,
             };
             tokio::spawn(run_flow(
                 Arc::clone(&shared),
@@ -155,7 +158,7 @@ fn dispatch(table: &FlowTable, key: FlowKey, payload: Vec<u8>, limit: usize) -> 
     }
 }
 
-async fn run_flow(shared: Arc<Shared>, table: Arc<FlowTable>, flow: Flow, first: Vec<u8>) {
+async fn run_flow(shared: Arc<Shared>, table: Arc<FlowTable>, mut flow: Flow, first: Vec<u8>) {
     let key = (flow.source, flow.destination);
     let process = match &flow.process {
         Some(process) => format!("{} ({})", process.comm, process.pid),
@@ -169,7 +172,7 @@ async fn run_flow(shared: Arc<Shared>, table: Arc<FlowTable>, flow: Flow, first:
         %process
     );
     async move {
-        let verdict = verdict_for(&shared, &flow).await;
+        let verdict = verdict_for(&shared, &mut flow, None).await;
         debug!(action = %verdict.action, by = ?verdict.by, "verdict");
         shared.emit(
             &flow,

@@ -24,7 +24,8 @@ use tokio::{
 use tollgate_integration::{
     Lab, ProcessGuard,
     cgroup::TestCgroup,
-    topology::{DESK_V4, DESK_V6, SERVER_ADDRS},
+    dns::BLOG_NAME,
+    topology::{DESK_V4, DESK_V6, DNS_V4, SERVER_ADDRS},
     workspace_binary,
 };
 
@@ -124,9 +125,10 @@ fn start_daemon(lab: &Lab) -> anyhow::Result<Option<Daemon>> {
     // nothing to the host's root cgroup.
     let cgroup = TestCgroup::create(lab.name())
         .with_context(|| format!("failed to create cgroup {}", lab.name()))?;
+    let resolv_conf_path = lab.dns().resolv_conf_path();
     fs::write(
         &config_path,
-        daemon_config(&socket_path, &state_dir, cgroup.path())?,
+        daemon_config(&socket_path, &state_dir, cgroup.path(), resolv_conf_path)?,
     )
     .with_context(|| format!("failed to write {}", config_path.display()))?;
 
@@ -154,12 +156,19 @@ fn start_daemon(lab: &Lab) -> anyhow::Result<Option<Daemon>> {
     }))
 }
 
-/// Returns the daemon's TOML configuration.
-fn daemon_config(socket_path: &Path, state_dir: &Path, cgroup: &Path) -> anyhow::Result<String> {
+/// Returns the daemon's TOML configuration, whose DNS upstream is the lab's DNS server.
+fn daemon_config(
+    socket_path: &Path,
+    state_dir: &Path,
+    cgroup: &Path,
+    resolv_conf_path: &Path,
+) -> anyhow::Result<String> {
     Ok(format!(
-        "control_socket = {}\nstate_dir = {}\n[attribution]\ncgroup = {}\n",
+        "control_socket = {}\nstate_dir = {}\n[dns]\nresolv_conf_path = {}\n\
+         [attribution]\ncgroup = {}\n",
         toml_string(socket_path)?,
         toml_string(state_dir)?,
+        toml_string(resolv_conf_path)?,
         toml_string(cgroup)?
     ))
 }
@@ -288,10 +297,12 @@ fn print_guide(lab: &Lab, daemon: Option<&Daemon>) {
     println!("  desk: {DESK_V4}, {DESK_V6}");
     println!("  net (the \"internet\"): {}", servers.join(", "));
     println!("  servers in net: HTTP on port 80, echo on port 7, bulk on port 9000");
+    println!("  DNS in net: {DNS_V4} for the zone lab.test");
     println!();
     println!("Try:");
     println!("  curl {}", Lab::http_url(SERVER_ADDRS[0]));
     println!("  curl '{}'", Lab::http_url(SERVER_ADDRS[2]));
+    println!("  curl http://{BLOG_NAME}/");
     match daemon {
         Some(daemon) => {
             println!("  tollgate --socket \"$TOLLGATE_SOCKET\" pending     # connections waiting");

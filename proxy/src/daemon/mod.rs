@@ -23,6 +23,9 @@ use tokio::{
     sync::{broadcast, oneshot},
 };
 use tollgate_classifier::Classifier;
+use tollgate_resolver::{
+    DnsServer, Hooks, NameMap, RefuseNothing, UpstreamConfig, resolv_conf, sockets::ListenConfig,
+};
 use tollgate_rules::{Action, AddressMatch, Lifetime, PortMatch, Protocol, ProtocolMatch, RuleSet};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
@@ -31,10 +34,12 @@ use crate::{
     clock,
     config::Config,
     control::{self, ControlListener},
-    firewall::{HEARTBEAT_INTERVAL, Interception, KernelAllow},
+    firewall::{DnsSpec, HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
+    naming::{self, DaemonAskers, Naming},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, PendingInfo, ProcessInfo, Response, StatusInfo,
+        DecidedBy, ErrorCode, Event, EventKind, NameMapStatus, PendingInfo, ProcessInfo, Response,
+        StatusInfo,
     },
     rule_book::RuleBook,
     transparent, udp,
@@ -62,9 +67,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
     let listeners = bind_listeners(&config)?;
     let udp_listeners = udp::bind_listeners(&config)?;
+    let (owners, classifier_counters) = load_attribution(&config);
+    let dns = start_resolver(&config, Arc::clone(&owners))?;
+    let dns_spec = dns.as_ref().map(|_| dns_spec(&config));
     let interception = if config.interception.enabled {
+        let allowed = kernel_allows(book.rules());
         Some(
-            Interception::install(&config.interception, &kernel_allows(book.rules()))
+            Interception::install(&config.interception, dns_spec.clone(), &allowed)
                 .await
                 .context("failed to install interception")?,
         )
@@ -73,8 +82,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let (owners, classifier_counters) = load_attribution(&config);
+    let names = dns.as_ref().map(DnsServer::names);
     let shared = Arc::new(Shared::new(config, book, interception, owners));
+    // Set before the tasks start, while this is the only reference.
+    let shared = {
+        let mut shared = shared;
+        if let Some(inner) = Arc::get_mut(&mut shared) {
+            inner.names = names;
+            inner.dns_spec = dns_spec;
+        }
+        shared
+    };
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(counters) = classifier_counters {
         tasks.spawn(counters);
@@ -99,7 +117,75 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     {
         error!(error = %format!("{err:#}"), "failed to remove interception");
     }
+    // The resolver stops only now, so no diverted query found its socket missing.
+    drop(dns);
     Ok(())
+}
+
+/// Starts the local resolver on the loopback addresses, unless the config disables it.
+fn start_resolver(
+    config: &Config,
+    owners: Arc<dyn OwnerLookup>,
+) -> anyhow::Result<Option<DnsServer>> {
+    let dns = &config.dns;
+    if !dns.enabled {
+        info!("DNS resolver disabled in config; connections are named by their first bytes only");
+        return Ok(None);
+    }
+    let listen = ListenConfig {
+        addresses: vec![
+            SocketAddr::from((Ipv4Addr::LOCALHOST, dns.port)),
+            SocketAddr::from((Ipv6Addr::LOCALHOST, dns.port)),
+        ],
+        transparent: true,
+        mark: Some(config.interception.bypass_mark),
+    };
+    let upstreams = upstreams(config, &listen.addresses)?;
+    let addresses: Vec<String> = upstreams.iter().map(|u| u.address.to_string()).collect();
+    info!(upstreams = ?addresses, "DNS upstreams");
+    let hooks = Hooks {
+        askers: Arc::new(DaemonAskers::new(owners)),
+        policy: Arc::new(RefuseNothing),
+    };
+    let server = DnsServer::start(dns, &upstreams, &listen, hooks)
+        .context("failed to start the DNS resolver (needs CAP_NET_ADMIN)")?;
+    Ok(Some(server))
+}
+
+/// Returns the configured upstreams, or the nameservers of resolv.conf without the resolver's
+/// own addresses.
+fn upstreams(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Vec<UpstreamConfig>> {
+    if !config.dns.upstreams.is_empty() {
+        return Ok(config.dns.upstreams.clone());
+    }
+    let path = &config.dns.resolv_conf_path;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("failed to read {} for the DNS upstreams", path.display()))?;
+    Ok(resolv_conf::default_upstreams(&text, own))
+}
+
+/// Returns the DNS diversion: the resolver's port and the uids of the exempt users that exist.
+///
+/// NOTE: queries to a local stub (127.0.0.53) are not diverted, because the `fib daddr type
+/// local` rule returns first, so programs behind such a stub are named by their first bytes.
+fn dns_spec(config: &Config) -> DnsSpec {
+    let exempt_uids = config
+        .interception
+        .dns_exempt_users
+        .iter()
+        .filter_map(|user| match nix::unistd::User::from_name(user) {
+            Ok(Some(found)) => Some(found.uid.as_raw()),
+            Ok(None) => None,
+            Err(err) => {
+                warn!(%user, error = %err, "failed to look up DNS-exempt user; not exempted");
+                None
+            }
+        })
+        .collect();
+    DnsSpec {
+        port: config.dns.port,
+        exempt_uids,
+    }
 }
 
 /// A task that watches the classifier's counters.
@@ -250,6 +336,10 @@ pub struct Shared {
     /// The installed interception, `None` while it is off.
     interception: tokio::sync::Mutex<Option<Interception>>,
     pub(crate) owners: Arc<dyn OwnerLookup>,
+    /// Names resolved through the local resolver, when it runs.
+    names: Option<Arc<NameMap>>,
+    /// The DNS diversion, kept to install the table again after `tollgate disable`.
+    dns_spec: Option<DnsSpec>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
@@ -283,6 +373,8 @@ impl Shared {
             limit_reported: AtomicU64::new(u64::MAX),
             interception: tokio::sync::Mutex::new(interception),
             owners,
+            names: None,
+            dns_spec: None,
         }
     }
 
@@ -301,6 +393,14 @@ impl Shared {
             active_connections: self.active.load(Ordering::Relaxed),
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
+            names: self.names.as_deref().map(|names| {
+                let stats = names.stats();
+                NameMapStatus {
+                    entries: stats.entries,
+                    evictions: stats.evictions,
+                    expirations: stats.expirations,
+                }
+            }),
         }
     }
 
@@ -311,15 +411,19 @@ impl Shared {
         match (enabled, interception.take()) {
             (true, None) => {
                 let allowed = kernel_allows(self.lock().book.rules());
-                let installed = Interception::install(&self.config.interception, &allowed)
-                    .await
-                    .map_err(|err| {
-                        error!(error = %format!("{err:#}"), "failed to install interception");
-                        (
-                            ErrorCode::Internal,
-                            format!("failed to enable interception: {err:#}"),
-                        )
-                    })?;
+                let installed = Interception::install(
+                    &self.config.interception,
+                    self.dns_spec.clone(),
+                    &allowed,
+                )
+                .await
+                .map_err(|err| {
+                    error!(error = %format!("{err:#}"), "failed to install interception");
+                    (
+                        ErrorCode::Internal,
+                        format!("failed to enable interception: {err:#}"),
+                    )
+                })?;
                 *interception = Some(installed);
                 warn!("interception enabled by control request");
             }
@@ -328,9 +432,13 @@ impl Shared {
                     error!(error = %format!("{err:#}"), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
                     let allowed = kernel_allows(self.lock().book.rules());
-                    *interception = Interception::install(&self.config.interception, &allowed)
-                        .await
-                        .ok();
+                    *interception = Interception::install(
+                        &self.config.interception,
+                        self.dns_spec.clone(),
+                        &allowed,
+                    )
+                    .await
+                    .ok();
                     return Err((
                         ErrorCode::Internal,
                         format!("failed to disable interception: {err:#}"),
@@ -375,6 +483,23 @@ impl Shared {
         }
     }
 
+    /// Returns the name `source`'s process resolved for `destination`, from the resolver's
+    /// name map, or no name.
+    pub(crate) fn name_for(
+        &self,
+        process: Option<&ProcessInfo>,
+        source: SocketAddr,
+        destination: SocketAddr,
+    ) -> Naming {
+        self.names
+            .as_deref()
+            .and_then(|names| {
+                let asker = naming::asker_for(process, source);
+                naming::from_dns(names, asker, destination.ip())
+            })
+            .unwrap_or_default()
+    }
+
     /// Returns a new connection identifier.
     pub(crate) fn next_connection(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
@@ -388,6 +513,8 @@ impl Shared {
             process: flow.process.clone(),
             source: flow.source,
             destination: flow.destination,
+            host: flow.naming.host.clone(),
+            name_source: flow.naming.source,
             protocol: flow.protocol,
             kind,
         });
@@ -488,6 +615,8 @@ pub(crate) struct Flow {
     pub(crate) source: SocketAddr,
     pub(crate) destination: SocketAddr,
     pub(crate) protocol: Protocol,
+    /// The destination's host name, from DNS at first and from the first bytes once peeked.
+    pub(crate) naming: Naming,
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
@@ -498,20 +627,25 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             return;
         }
     };
-    let flow = Flow {
+    let process = shared.owners.lookup(Protocol::Tcp, source, destination);
+    let naming = shared.name_for(process.as_ref(), source, destination);
+    let mut flow = Flow {
         connection: shared.next_connection(),
-        process: shared.owners.lookup(Protocol::Tcp, source, destination),
+        process,
         source,
         destination,
         protocol: Protocol::Tcp,
+        naming,
     };
     let process = match &flow.process {
         Some(process) => format!("{} ({})", process.comm, process.pid),
         None => "unknown process".to_owned(),
     };
-    let span = info_span!("connection", id = flow.connection, %source, %destination, %process);
+    let host = flow.naming.host.clone().unwrap_or_default();
+    let span =
+        info_span!("connection", id = flow.connection, %source, %destination, %host, %process);
     async move {
-        let verdict = verdict_for(&shared, &flow).await;
+        let verdict = verdict_for(&shared, &mut flow, Some(&stream)).await;
         debug!(action = %verdict.action, by = ?verdict.by, "verdict");
         shared.emit(
             &flow,
@@ -530,18 +664,29 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 /// Returns the verdict for a new connection: from a rule at once, or after holding it as a
-/// pending request until someone decides or the prompt times out.
-pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
+/// pending request until someone decides or the prompt times out. A TCP connection about to be
+/// held without a DNS name is named from its first bytes first, which `stream` gives.
+pub(crate) async fn verdict_for(
+    shared: &Shared,
+    flow: &mut Flow,
+    stream: Option<&TcpStream>,
+) -> Verdict {
+    if let Some(verdict) = rule_verdict(shared, flow) {
+        return verdict;
+    }
+    if flow.naming.host.is_none()
+        && let Some(stream) = stream
+        && let Some(naming) = naming::peek_name(stream, shared.config.dns.peek_timeout()).await
+    {
+        debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
+        flow.naming = naming;
+    }
+
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
-        let facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
-        let now = clock::now();
-        if let Some((id, action)) = state.book.decide(&facts, &now) {
-            state.book.record_hits(id, 1, now.unix_ms);
-            return Verdict {
-                action,
-                by: DecidedBy::Rule { rule: id },
-            };
+        // A rule may have been added while the first bytes were awaited.
+        if let Some(verdict) = rule_verdict_locked(&mut state, flow) {
+            return verdict;
         }
         if state.pending.held_connections() >= shared.config.max_held_connections {
             shared.report_limit();
@@ -556,6 +701,8 @@ pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
             process: flow.process.clone(),
             source: flow.source,
             destination: flow.destination,
+            host: flow.naming.host.clone(),
+            name_source: flow.naming.source,
             protocol: flow.protocol,
             started: SystemTime::now(),
         };
@@ -584,6 +731,23 @@ pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
             }
         }
     }
+}
+
+/// Returns the verdict of the rule that decides `flow`, if any, counting its hit.
+fn rule_verdict(shared: &Shared, flow: &Flow) -> Option<Verdict> {
+    rule_verdict_locked(&mut shared.lock(), flow)
+}
+
+fn rule_verdict_locked(state: &mut State, flow: &Flow) -> Option<Verdict> {
+    let mut facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
+    facts.hosts = flow.naming.chain.clone();
+    let now = clock::now();
+    let (id, action) = state.book.decide(&facts, &now)?;
+    state.book.record_hits(id, 1, now.unix_ms);
+    Some(Verdict {
+        action,
+        by: DecidedBy::Rule { rule: id },
+    })
 }
 
 async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {

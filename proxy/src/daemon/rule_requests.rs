@@ -221,7 +221,10 @@ pub(super) fn settle_decided(state: &mut State) -> usize {
     let now = clock::now();
     let mut verdicts = Vec::new();
     let groups = pending.take_matching(|info| {
-        let facts = connection_facts(info.process.as_ref(), info.destination, info.protocol);
+        let mut facts = connection_facts(info.process.as_ref(), info.destination, info.protocol);
+        // NOTE: a pending request keeps its host name but not the CNAME chain, so a rule on a
+        // CNAME target applies to it from the next connection on.
+        facts.hosts.extend(info.host.clone());
         match book.decide(&facts, &now) {
             Some((rule, action)) => {
                 verdicts.push((rule, action));

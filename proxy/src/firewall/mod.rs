@@ -1,4 +1,5 @@
-//! Diverting the network namespace's outbound TCP and UDP to the daemon: the nftables table and the
+//! Diverting the network namespace's outbound TCP, UDP and DNS to the daemon: the nftables table
+//! and the
 //! policy routing, installed together and removed together.
 
 pub mod nft;
@@ -9,7 +10,7 @@ use tracing::{info, warn};
 use crate::config::InterceptionConfig;
 
 pub use self::{
-    nft::{HEARTBEAT_INTERVAL, KernelAllow, NftError, TableSpec},
+    nft::{DnsSpec, HEARTBEAT_INTERVAL, KernelAllow, NftError, TableSpec},
     routing::{RoutingError, RoutingSpec},
 };
 
@@ -34,13 +35,16 @@ pub struct Interception {
 }
 
 impl Interception {
-    /// Installs the table and the policy routing, replacing leftovers of an earlier run.
-    /// `allowed` lists the destinations that pass without the daemon once it is gone.
+    /// Installs the table and the policy routing, replacing leftovers of an earlier run. With
+    /// `dns`, port-53 traffic is diverted to the resolver. `allowed` lists the destinations
+    /// that pass without the daemon once it is gone.
     pub async fn install(
         config: &InterceptionConfig,
+        dns: Option<DnsSpec>,
         allowed: &[KernelAllow],
     ) -> Result<Self, FirewallError> {
-        let interception = Self::from_config(config);
+        let mut interception = Self::from_config(config);
+        interception.table.dns = dns;
         // Routes first: with the table in place but no routes, marked packets would leave
         // without being diverted.
         routing::install(&interception.routing).await?;
@@ -53,6 +57,7 @@ impl Interception {
         info!(
             table = "inet tollgate",
             tcp_port = config.tcp_port,
+            dns_port = interception.table.dns.as_ref().map(|dns| dns.port),
             route_table = config.route_table,
             "interception installed"
         );
@@ -92,6 +97,7 @@ impl Interception {
                 udp_port: config.udp_port,
                 intercept_mark: config.intercept_mark,
                 bypass_mark: config.bypass_mark,
+                dns: None,
             },
             routing: RoutingSpec {
                 mark: config.intercept_mark,

@@ -1,8 +1,9 @@
 //! The daemon's nftables table, `inet tollgate`, built and removed over netlink.
 //!
 //! The table has two chains. `output` (route hook, mangle priority) marks outbound TCP and UDP so
-//! policy routing loops it through `lo`; `prerouting` hands the looped packets to the transparent
-//! listeners with TPROXY, and resets or drops what no listener took. Other tables are never read or changed.
+//! policy routing loops it through `lo`. `prerouting` hands the looped packets to the
+//! transparent listeners with TPROXY (port-53 traffic to the resolver's), and resets or drops
+//! what no listener took. Other tables are never read or changed.
 
 use std::{
     ffi::CStr,
@@ -46,7 +47,7 @@ const NFTA_FIB_F_DADDR: u32 = 1 << 1;
 const RTN_LOCAL: u32 = 2;
 
 /// The parameters of the ruleset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TableSpec {
     /// Loopback port of the transparent TCP listeners.
     pub tcp_port: u16,
@@ -56,6 +57,17 @@ pub struct TableSpec {
     pub intercept_mark: u32,
     /// Mark of the daemon's own sockets.
     pub bypass_mark: u32,
+    /// Diversion of DNS to the resolver, when it runs.
+    pub dns: Option<DnsSpec>,
+}
+
+/// The parameters of the DNS diversion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsSpec {
+    /// Loopback port of the resolver's transparent UDP and TCP sockets.
+    pub port: u16,
+    /// Uids whose port-53 traffic is not diverted (local stub resolvers).
+    pub exempt_uids: Vec<u32>,
 }
 
 /// A destination that a forever rule allows for every process, which the kernel lets pass on
@@ -227,6 +239,10 @@ fn output_rules<'a>(
     orphaned.add_expr(&nft_expr!(verdict jump ALLOWED_CHAIN.to_owned()));
     rules.push(orphaned);
 
+    if let Some(dns) = &spec.dns {
+        rules.extend(dns_output_rules(chain, spec, dns));
+    }
+
     for protocol in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
         let mut mark = Rule::new(chain);
         mark.add_expr(&nft_expr!(meta l4proto));
@@ -259,6 +275,14 @@ fn prerouting_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Vec<Rule<'a>>
     unmarked.add_expr(&Cmp::new(CmpOp::Neq, spec.intercept_mark));
     unmarked.add_expr(&nft_expr!(verdict return));
     rules.push(unmarked);
+
+    // DNS first, because the generic TCP rules below would take TCP port 53 too.
+    if let Some(dns) = &spec.dns {
+        for protocol in [libc::IPPROTO_UDP, libc::IPPROTO_TCP] {
+            rules.push(tproxy_dns(chain, libc::NFPROTO_IPV4, protocol, dns.port));
+            rules.push(tproxy_dns(chain, libc::NFPROTO_IPV6, protocol, dns.port));
+        }
+    }
 
     let listeners = [
         (libc::IPPROTO_TCP, spec.tcp_port),
@@ -434,6 +458,12 @@ fn tproxy_rule<'a>(chain: &'a Chain<'a>, family: i32, protocol: i32, port: u16) 
     rule.add_expr(&Cmp::new(CmpOp::Eq, family as u8));
     rule.add_expr(&nft_expr!(meta l4proto));
     rule.add_expr(&Cmp::new(CmpOp::Eq, protocol as u8));
+    add_tproxy(&mut rule, family, port);
+    rule
+}
+
+/// Adds `tproxy to [LOOPBACK]:PORT accept` for one address family.
+fn add_tproxy(rule: &mut Rule<'_>, family: i32, port: u16) {
     if family == libc::NFPROTO_IPV4 {
         rule.add_expr(&Immediate::new(
             Ipv4Addr::LOCALHOST.octets(),
@@ -448,8 +478,53 @@ fn tproxy_rule<'a>(chain: &'a Chain<'a>, family: i32, protocol: i32, port: u16) 
     rule.add_expr(&Immediate::new(port.to_be(), Register::Reg2));
     rule.add_expr(&Tproxy { family });
     rule.add_expr(&nft_expr!(verdict accept));
+}
+
+/// Output rules for DNS: the exempt users' port-53 traffic returns unmarked, and every other UDP
+/// packet to port 53 is marked (TCP is marked with all TCP).
+fn dns_output_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec, dns: &DnsSpec) -> Vec<Rule<'a>> {
+    let mut rules = Vec::new();
+    for &uid in &dns.exempt_uids {
+        for protocol in [libc::IPPROTO_UDP, libc::IPPROTO_TCP] {
+            let mut exempt = Rule::new(chain);
+            add_dns_match(&mut exempt, protocol);
+            exempt.add_expr(&nft_expr!(meta skuid));
+            exempt.add_expr(&Cmp::new(CmpOp::Eq, uid));
+            exempt.add_expr(&nft_expr!(verdict return));
+            rules.push(exempt);
+        }
+    }
+
+    let mut mark = Rule::new(chain);
+    add_dns_match(&mut mark, libc::IPPROTO_UDP);
+    mark.add_expr(&nft_expr!(meta mark));
+    mark.add_expr(&Bitwise::new(!spec.intercept_mark, spec.intercept_mark));
+    mark.add_expr(&nft_expr!(meta mark set));
+    rules.push(mark);
+    rules
+}
+
+/// `nfproto FAMILY l4proto PROTOCOL dport 53 tproxy to LOOPBACK:port accept`.
+fn tproxy_dns<'a>(chain: &'a Chain<'a>, family: i32, protocol: i32, port: u16) -> Rule<'a> {
+    let mut rule = Rule::new(chain);
+    rule.add_expr(&nft_expr!(meta nfproto));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, family as u8));
+    add_dns_match(&mut rule, protocol);
+    add_tproxy(&mut rule, family, port);
     rule
 }
+
+/// Adds `l4proto PROTOCOL th dport 53`. TCP and UDP keep the destination port at the same
+/// offset, so the TCP payload expression serves both.
+fn add_dns_match(rule: &mut Rule<'_>, protocol: i32) {
+    rule.add_expr(&nft_expr!(meta l4proto));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, protocol as u8));
+    rule.add_expr(&nft_expr!(payload tcp dport));
+    rule.add_expr(&Cmp::new(CmpOp::Eq, DNS_PORT.to_be()));
+}
+
+/// The DNS port that is diverted.
+const DNS_PORT: u16 = 53;
 
 fn v4_mask(prefix: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::MAX.checked_shl(32 - prefix).unwrap_or(0))

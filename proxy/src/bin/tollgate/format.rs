@@ -2,7 +2,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tollgate_proxy::protocol::{DecidedBy, Event, EventKind, ProcessInfo};
+use tollgate_proxy::protocol::{DecidedBy, Event, EventKind, NameSource, ProcessInfo};
 use tollgate_rules::{Lifetime, Rule};
 
 /// Returns one line describing what a rule matches: subject, destination and flags.
@@ -61,8 +61,12 @@ pub fn describe_process(process: Option<&ProcessInfo>) -> String {
 /// Returns one line describing a connection event.
 pub fn describe_event(event: &Event) -> String {
     let process = describe_process(event.process.as_ref());
+    let host = match &event.host {
+        Some(host) => format!(" {host} ({})", event.name_source),
+        None => String::new(),
+    };
     let flow = format!(
-        "#{} {} {} -> {}",
+        "#{} {} {} -> {}{host}",
         event.connection, event.protocol, event.source, event.destination
     );
     match &event.kind {
@@ -86,5 +90,13 @@ pub fn describe_event(event: &Event) -> String {
             None => format!("closed   {flow} up {bytes_up} B, down {bytes_down} B"),
             Some(error) => format!("closed   {flow}: {error}"),
         },
+    }
+}
+
+/// Formats a host name with how it was learned, such as `example.com (dns)`, or `-`.
+pub fn describe_host(host: Option<&str>, source: NameSource) -> String {
+    match host {
+        Some(host) => format!("{host} ({source})"),
+        None => "-".to_owned(),
     }
 }

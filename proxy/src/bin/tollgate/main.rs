@@ -17,7 +17,9 @@ use tollgate_proxy::{
 use tollgate_rules::{Action, LifetimeSpec};
 
 use crate::{
-    format::{age_secs, describe_event, describe_lifetime, describe_process, describe_rule},
+    format::{
+        age_secs, describe_event, describe_host, describe_lifetime, describe_process, describe_rule,
+    },
     rule_args::duration,
 };
 
@@ -172,6 +174,13 @@ async fn status(client: &mut Client) -> anyhow::Result<()> {
         "  prompt timeout:     {}s, then {}",
         status.prompt_timeout_secs, status.default_action
     );
+    match status.names {
+        Some(names) => println!(
+            "  DNS names:          {} held, {} evicted, {} expired",
+            names.entries, names.evictions, names.expirations
+        ),
+        None => println!("  DNS names:          resolver disabled"),
+    }
     Ok(())
 }
 
@@ -225,15 +234,16 @@ fn print_pending(requests: &[PendingInfo]) {
         return;
     }
     println!(
-        "{:<5} {:<32} {:<40} {:<5} {:>5} {:>6}",
-        "ID", "PROCESS", "DESTINATION", "PROTO", "CONNS", "AGE"
+        "{:<5} {:<32} {:<40} {:<32} {:<5} {:>5} {:>6}",
+        "ID", "PROCESS", "DESTINATION", "HOST (SOURCE)", "PROTO", "CONNS", "AGE"
     );
     for request in requests {
         println!(
-            "{:<5} {:<32} {:<40} {:<5} {:>5} {:>5}s",
+            "{:<5} {:<32} {:<40} {:<32} {:<5} {:>5} {:>5}s",
             request.id,
             describe_process(request.process.as_ref()),
             request.destination.to_string(),
+            describe_host(request.host.as_deref(), request.name_source),
             request.protocol.to_string(),
             request.connections,
             age_secs(request.started_unix_ms)

@@ -1,0 +1,415 @@
+//! End-to-end tests of DNS awareness in the lab: real dnsmasq in net, real curl, dig and
+//! openssl in desk, and `tollgated` naming held connections.
+//!
+//! Until kernel attribution names processes, the daemon keys names by the client's address. The
+//! tests for per-program names therefore give each program its own source address in desk, so
+//! the address stands for the program.
+
+use std::{
+    process::{Child, Command, Output, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use tollgate_integration::{
+    Lab,
+    daemon::Daemon,
+    dns::{ALIAS_NAME, BIG_NAME, BIG_RECORDS, BLOG_NAME, SHOP_NAME, SHORT_TTL_NAME},
+    topology::{DESK_LINK, DNS_V4, OTHER_DNS_V4, SERVER_A_V4, SERVER_B_V4},
+};
+
+/// Generous bound on waits for the daemon; tests never depend on how fast it is.
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A second desk address, standing for a second program.
+const SECOND_DESK_V4: &str = "10.77.0.3";
+
+fn start_lab() -> Lab {
+    Lab::start().unwrap_or_else(|err| panic!("failed to start the lab: {err:#}"))
+}
+
+fn start_daemon(lab: &Lab, extra_config: &str) -> Daemon {
+    Daemon::start(lab, extra_config).unwrap_or_else(|err| panic!("{err:#}"))
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Runs `dig ARGS` in desk and returns its output.
+fn dig(lab: &Lab, args: &[&str]) -> Output {
+    lab.desk_command("dig")
+        .args(["+time=5", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("failed to run dig (install dnsutils)")
+}
+
+/// Starts `curl ARGS` in desk in the background.
+fn spawn_curl(lab: &Lab, args: &[&str]) -> Child {
+    lab.desk_command("curl")
+        .args(["-sS", "--max-time", "60"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to start curl")
+}
+
+/// Returns the pending request for `destination`, waiting until it appears.
+fn pending_for(daemon: &Daemon, destination: &str) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending = daemon.pending();
+        if let Some(request) = pending.iter().find(|r| r["destination"] == destination) {
+            return request.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no pending request for {destination}: {pending:#?}\n--- daemon log ---\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn allow(daemon: &Daemon, request: &serde_json::Value) {
+    let id = request["id"].to_string();
+    let output = daemon.run_cli(&["allow", &id]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn curl_by_name_shows_name() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let curl = spawn_curl(&lab, &[&format!("http://{BLOG_NAME}/")]);
+
+    let request = pending_for(&daemon, "203.0.113.10:80");
+    assert_eq!(request["host"], BLOG_NAME, "{request:#}");
+    assert_eq!(request["name_source"], "dns", "{request:#}");
+    let table = text(&daemon.run_cli(&["pending"]).stdout);
+    assert!(table.contains("blog.lab.test (dns)"), "{table}");
+
+    allow(&daemon, &request);
+    let output = curl.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn alias_chain_names_first_name() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let curl = spawn_curl(&lab, &[&format!("http://{ALIAS_NAME}/")]);
+
+    let request = pending_for(&daemon, "203.0.113.10:80");
+    assert_eq!(request["host"], ALIAS_NAME, "{request:#}");
+    allow(&daemon, &request);
+    assert!(curl.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn dig_at_any_server_is_answered_locally() {
+    let lab = start_lab();
+    let _daemon = start_daemon(&lab, "");
+
+    // No DNS server listens on this address of net: only the local resolver can answer.
+    let aimed_elsewhere = dig(&lab, &["+short", &format!("@{OTHER_DNS_V4}"), SHOP_NAME]);
+    assert!(
+        aimed_elsewhere.status.success(),
+        "{}",
+        text(&aimed_elsewhere.stdout)
+    );
+    assert_eq!(
+        text(&aimed_elsewhere.stdout).trim(),
+        SERVER_A_V4.to_string()
+    );
+    // The answer comes from the address dig aimed at, or dig would reject it.
+    let full = dig(&lab, &[&format!("@{OTHER_DNS_V4}"), SHOP_NAME]);
+    assert!(
+        text(&full.stdout).contains(&format!("SERVER: {OTHER_DNS_V4}#53")),
+        "{}",
+        text(&full.stdout)
+    );
+
+    let over_tcp = dig(
+        &lab,
+        &["+short", "+tcp", &format!("@{OTHER_DNS_V4}"), BLOG_NAME],
+    );
+    assert_eq!(text(&over_tcp.stdout).trim(), SERVER_A_V4.to_string());
+    let over_v6 = dig(&lab, &["+short", "@2001:db8::54", "AAAA", BLOG_NAME]);
+    assert_eq!(text(&over_v6.stdout).trim(), "2001:db8::10");
+}
+
+#[test]
+fn oversized_answer_sets_truncation() {
+    let lab = start_lab();
+    let _daemon = start_daemon(&lab, "");
+
+    let udp = dig(
+        &lab,
+        &["+noedns", "+ignore", &format!("@{DNS_V4}"), BIG_NAME],
+    );
+    let udp_text = text(&udp.stdout);
+    assert!(udp_text.contains(" tc"), "{udp_text}");
+    let tcp = dig(&lab, &["+short", &format!("@{DNS_V4}"), BIG_NAME]);
+    assert_eq!(
+        text(&tcp.stdout).lines().count(),
+        usize::from(BIG_RECORDS),
+        "dig retries truncated answers over TCP: {}",
+        text(&tcp.stdout)
+    );
+}
+
+#[test]
+fn two_programs_see_own_names() {
+    let lab = start_lab();
+    lab.desk()
+        .ip([
+            "addr",
+            "add",
+            &format!("{SECOND_DESK_V4}/24"),
+            "dev",
+            DESK_LINK,
+        ])
+        .unwrap();
+    let daemon = start_daemon(&lab, "");
+
+    // Program one resolves blog, program two shop; both names point at server A.
+    let first = dig(&lab, &["+short", "-b", "10.77.0.2", BLOG_NAME]);
+    assert_eq!(text(&first.stdout).trim(), SERVER_A_V4.to_string());
+    let second = dig(&lab, &["+short", "-b", SECOND_DESK_V4, SHOP_NAME]);
+    assert_eq!(text(&second.stdout).trim(), SERVER_A_V4.to_string());
+
+    let url = format!("http://{SERVER_A_V4}/");
+    let first_curl = spawn_curl(&lab, &["--interface", "10.77.0.2", &url]);
+    let first_request = pending_for(&daemon, "203.0.113.10:80");
+    assert_eq!(first_request["host"], BLOG_NAME, "{first_request:#}");
+    assert_eq!(first_request["name_source"], "dns");
+    allow(&daemon, &first_request);
+    assert!(first_curl.wait_with_output().unwrap().status.success());
+
+    let second_curl = spawn_curl(&lab, &["--interface", SECOND_DESK_V4, &url]);
+    let second_request = pending_for(&daemon, "203.0.113.10:80");
+    assert_eq!(second_request["host"], SHOP_NAME, "{second_request:#}");
+    assert_eq!(second_request["name_source"], "dns");
+    allow(&daemon, &second_request);
+    assert!(second_curl.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn other_program_gets_machine_name() {
+    let lab = start_lab();
+    lab.desk()
+        .ip([
+            "addr",
+            "add",
+            &format!("{SECOND_DESK_V4}/24"),
+            "dev",
+            DESK_LINK,
+        ])
+        .unwrap();
+    let daemon = start_daemon(&lab, "");
+    let resolved = dig(&lab, &["+short", "-b", "10.77.0.2", SHOP_NAME]);
+    assert_eq!(text(&resolved.stdout).trim(), SERVER_A_V4.to_string());
+
+    let curl = spawn_curl(
+        &lab,
+        &[
+            "--interface",
+            SECOND_DESK_V4,
+            &format!("http://{SERVER_A_V4}/"),
+        ],
+    );
+    let request = pending_for(&daemon, "203.0.113.10:80");
+    assert_eq!(request["host"], SHOP_NAME, "{request:#}");
+    assert_eq!(request["name_source"], "dns_machine", "{request:#}");
+    allow(&daemon, &request);
+    assert!(curl.wait_with_output().unwrap().status.success());
+}
+
+#[test]
+fn tls_to_bare_ip_named_by_sni() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+
+    // No DNS lookup happens: --resolve pins the address. Nothing listens on 443, so after the
+    // allow the connection is reset; the name is read before anything is relayed.
+    let curl = spawn_curl(
+        &lab,
+        &[
+            "--resolve",
+            &format!("tls-only.example:443:{SERVER_B_V4}"),
+            "https://tls-only.example/",
+        ],
+    );
+    let request = pending_for(&daemon, "203.0.113.20:443");
+    assert_eq!(request["host"], "tls-only.example", "{request:#}");
+    assert_eq!(request["name_source"], "tls", "{request:#}");
+    allow(&daemon, &request);
+    let _ = curl.wait_with_output();
+
+    let openssl = lab
+        .desk_command("openssl")
+        .args(["s_client", "-connect", &format!("{SERVER_B_V4}:443")])
+        .args(["-servername", "Openssl.Example"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("failed to start openssl");
+    let request = pending_for(&daemon, "203.0.113.20:443");
+    assert_eq!(request["host"], "openssl.example", "{request:#}");
+    assert_eq!(request["name_source"], "tls");
+    let id = request["id"].to_string();
+    assert!(daemon.run_cli(&["deny", &id]).status.success());
+    let _ = openssl.wait_with_output();
+}
+
+#[test]
+fn http_host_names_connection() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let curl = spawn_curl(
+        &lab,
+        &[
+            "-H",
+            "Host: by-header.example",
+            &format!("http://{SERVER_B_V4}/"),
+        ],
+    );
+    let request = pending_for(&daemon, "203.0.113.20:80");
+    assert_eq!(request["host"], "by-header.example", "{request:#}");
+    assert_eq!(request["name_source"], "http");
+    allow(&daemon, &request);
+    let output = curl.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn upstream_down_gives_fast_servfail() {
+    let lab = start_lab();
+    let _daemon = start_daemon(&lab, "dns.upstream_timeout_ms = 1000");
+    lab.dns().server().stop().expect("failed to stop dnsmasq");
+
+    let started = Instant::now();
+    let output = dig(&lab, &[BLOG_NAME]);
+    let elapsed = started.elapsed();
+    assert!(
+        text(&output.stdout).contains("status: SERVFAIL"),
+        "{}",
+        text(&output.stdout)
+    );
+    assert!(
+        elapsed < Duration::from_secs(4),
+        "SERVFAIL took {elapsed:?}"
+    );
+}
+
+#[test]
+fn events_carry_host() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let mut watch = daemon
+        .cli()
+        .args(["watch", "--json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("failed to start tollgate watch");
+    let curl = spawn_curl(&lab, &[&format!("http://{BLOG_NAME}/")]);
+    let request = pending_for(&daemon, "203.0.113.10:80");
+    allow(&daemon, &request);
+    assert!(curl.wait_with_output().unwrap().status.success());
+
+    let _ = watch.kill();
+    let output = watch.wait_with_output().unwrap();
+    let events: Vec<serde_json::Value> = text(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    let held = events
+        .iter()
+        .find(|event| event["event"] == "held")
+        .unwrap_or_else(|| panic!("no held event: {events:#?}"));
+    assert_eq!(held["host"], BLOG_NAME);
+    assert_eq!(held["name_source"], "dns");
+}
+
+#[test]
+fn dns_rules_come_before_tcp() {
+    let lab = start_lab();
+    let _daemon = start_daemon(&lab, "interception.dns_exempt_users = [\"nobody\"]");
+    let output = lab
+        .desk_command("nft")
+        .args(["list", "table", "inet", "tollgate"])
+        .output()
+        .unwrap();
+    let ruleset = text(&output.stdout);
+    let position = |needle: &str| {
+        ruleset
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing from\n{ruleset}"))
+    };
+
+    let exempt = position("udp dport 53 meta skuid 65534 return");
+    let dns_mark = position("udp dport 53 meta mark set");
+    let tcp_mark = position("meta l4proto tcp meta mark set");
+    assert!(exempt < dns_mark, "{ruleset}");
+    assert!(dns_mark < tcp_mark, "{ruleset}");
+    let dns_tproxy = position("ipv4 tcp dport 53 tproxy ip to 127.0.0.1:15053");
+    let tcp_tproxy = position("tproxy ip to 127.0.0.1:15001");
+    assert!(dns_tproxy < tcp_tproxy, "{ruleset}");
+    position("ipv6 udp dport 53 tproxy ip6 to [::1]:15053");
+}
+
+#[test]
+fn name_expires_after_ttl_and_grace() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "dns.name_grace_secs = 1");
+    let resolved = dig(&lab, &["+short", SHORT_TTL_NAME]);
+    assert_eq!(text(&resolved.stdout).trim(), SERVER_B_V4.to_string());
+
+    let url = format!("http://{SERVER_B_V4}/");
+    let fresh = spawn_curl(&lab, &[&url]);
+    let request = pending_for(&daemon, "203.0.113.20:80");
+    assert_eq!(request["host"], SHORT_TTL_NAME, "{request:#}");
+    allow(&daemon, &request);
+    assert!(fresh.wait_with_output().unwrap().status.success());
+
+    // The TTL is 2 s and the grace period 1 s; the request's Host is the bare address.
+    thread::sleep(Duration::from_secs(4));
+    let stale = spawn_curl(&lab, &[&url]);
+    let request = pending_for(&daemon, "203.0.113.20:80");
+    assert!(request["host"].is_null(), "{request:#}");
+    assert_eq!(request["name_source"], "none");
+    allow(&daemon, &request);
+    assert!(stale.wait_with_output().unwrap().status.success());
+
+    // Both mappings of the answer expired: this client's and the machine-wide one.
+    let status = text(&daemon.run_cli(&["status"]).stdout);
+    assert!(status.contains("2 expired"), "{status}");
+}
+
+#[test]
+fn desk_resolv_conf_is_removed_with_lab() {
+    let path = {
+        let lab = start_lab();
+        let path = lab.dns().resolv_conf_path().to_owned();
+        assert!(path.exists());
+        let direct = Command::new("cat").arg(&path).output().unwrap();
+        assert!(text(&direct.stdout).contains(&DNS_V4.to_string()));
+        path
+    };
+    assert!(!path.exists(), "{} left behind", path.display());
+    assert!(!path.parent().unwrap().exists());
+}
+
+#[test]
+fn resolver_forwards_to_lab_server() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let resolved = dig(&lab, &["+short", SHOP_NAME]);
+    assert_eq!(text(&resolved.stdout).trim(), SERVER_A_V4.to_string());
+    let log = daemon.log();
+    assert!(log.contains("203.0.113.53"), "upstreams not logged:\n{log}");
+}
