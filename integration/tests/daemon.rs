@@ -698,3 +698,108 @@ fn forever_allow_passes_while_daemon_dead() {
     assert_cli_ok(&daemon.run_cli(&["deny", &id]), "tollgate deny");
     assert_eq!(wait(curl).status.code(), Some(56));
 }
+
+#[test]
+fn heartbeat_keeps_alive_element() {
+    let lab = start_lab();
+    let _daemon = start_daemon(&lab, "");
+    // Sampled for several heartbeat periods: the element must never be missing, or traffic to
+    // forever-allowed destinations would skip the running daemon.
+    for sample in 0..40 {
+        let set = lab
+            .desk_command("nft")
+            .args(["list", "set", "inet", "tollgate", "alive"])
+            .output()
+            .unwrap();
+        assert!(
+            text(&set.stdout).contains("127.0.0.1 timeout 3s expires"),
+            "sample {sample}: {}{}",
+            text(&set.stdout),
+            text(&set.stderr)
+        );
+        thread::sleep(Duration::from_millis(150));
+    }
+}
+
+#[test]
+fn second_daemon_in_namespace_is_refused() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let config = lab.work_dir().join("second.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "control_socket = \"{}\"\nstate_dir = \"{}\"\n[interception]\ntcp_port = 16001\n\
+             udp_port = 16002\n[dns]\nenabled = false\n[attribution]\nenabled = false\n",
+            lab.work_dir().join("second.sock").display(),
+            lab.work_dir().join("second-state").display(),
+        ),
+    )
+    .unwrap();
+    let tollgated = tollgate_integration::workspace_binary("tollgated").unwrap();
+    let second = lab
+        .desk()
+        .setns_command(&tollgated)
+        .unwrap()
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        text(&second.stderr).contains("another tollgated already protects this network namespace"),
+        "{}",
+        text(&second.stderr)
+    );
+    // The first daemon still holds connections.
+    let curl = spawn_curl(&lab, SERVER_A_V4.into());
+    let id = only_pending_id(&daemon);
+    assert_cli_ok(&daemon.run_cli(&["deny", &id]), "tollgate deny");
+    assert!(matches!(wait(curl).status.code(), Some(7 | 56)));
+}
+
+#[test]
+fn hundreds_of_forever_rules_install() {
+    let lab = start_lab();
+    let mut daemon = start_daemon(&lab, "");
+    let rules: Vec<serde_json::Value> = (0..600u32)
+        .map(|index| {
+            serde_json::json!({
+                "id": index + 1,
+                "subject": {},
+                "destination": {
+                    "address": {"ip": format!("198.51.{}.{}", index / 250, index % 250 + 1)},
+                    "port": {"port": 443},
+                    "protocol": "any"
+                },
+                "action": "allow",
+                "lifetime": "forever"
+            })
+        })
+        .collect();
+    let file = lab.work_dir().join("rules.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"format": "tollgate-rules", "version": 1, "rules": rules}).to_string(),
+    )
+    .unwrap();
+    let imported = daemon.run_cli(&["rules", "import", file.to_str().unwrap()]);
+    assert_cli_ok(&imported, "tollgate rules import");
+
+    daemon.restart(&lab).unwrap_or_else(|err| panic!("{err:#}"));
+    let mut accepts = 0;
+    for _ in 0..100 {
+        let (ruleset, ..) = desk_state(&lab);
+        accepts = ruleset.matches(" accept").count();
+        // Two protocols per rule, plus the table's own accept rules.
+        if accepts >= 1200 {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    assert!(accepts >= 1200, "only {accepts} accept rules installed");
+    let curl = spawn_curl(&lab, SERVER_A_V4.into());
+    let id = only_pending_id(&daemon);
+    assert_cli_ok(&daemon.run_cli(&["deny", &id]), "tollgate deny");
+    assert!(matches!(wait(curl).status.code(), Some(7 | 56)));
+}

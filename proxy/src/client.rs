@@ -77,7 +77,14 @@ impl Client {
         let mut line = serde_json::to_vec(&RequestEnvelope::new(request))
             .map_err(|err| ClientError::InvalidReply(err.to_string()))?;
         line.push(b'\n');
-        self.writer.write_all(&line).await?;
+        if let Err(err) = self.writer.write_all(&line).await {
+            // A daemon that rejects this client writes one error line and closes the socket,
+            // possibly before reading the request: show its error instead of the broken pipe.
+            if let Ok(Some(response)) = self.next_response().await {
+                return Ok(response);
+            }
+            return Err(err.into());
+        }
         self.next_response().await?.ok_or(ClientError::Closed)
     }
 

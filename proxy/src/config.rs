@@ -237,6 +237,13 @@ impl Config {
         if interception.intercept_mark & interception.bypass_mark != 0 {
             return Err("interception.intercept_mark and bypass_mark must not share bits".into());
         }
+        // The main table's rule has priority 32766: a later rule would never be consulted.
+        if interception.rule_priority == 0 || interception.rule_priority >= 32766 {
+            return Err(
+                "interception.rule_priority must be between 1 and 32765, before the main table"
+                    .into(),
+            );
+        }
         if matches!(interception.route_table, 0 | 253..=255) {
             return Err(
                 "interception.route_table must not be 0 or a reserved table (253-255)".into(),
@@ -324,6 +331,12 @@ mod tests {
     fn encrypted_upstream_needs_server_name() {
         let err = parse("[[dns.upstreams]]\naddress = \"192.0.2.53\"\nprotocol = \"https\"\n")
             .unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn priority_after_main_table_is_rejected() {
+        let err = parse("[interception]\nrule_priority = 40000\n").unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
     }
 

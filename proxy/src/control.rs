@@ -21,6 +21,9 @@ use crate::{
     protocol::{ErrorCode, MAX_REQUEST_LINE, PROTOCOL_VERSION, Request, RequestEnvelope, Response},
 };
 
+/// Second in which a rejected client was last logged.
+static REJECTED_LOGGED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The bound control socket. The socket file is removed on drop.
 pub struct ControlListener {
     listener: UnixListener,
@@ -129,7 +132,13 @@ async fn serve_client(stream: UnixStream, shared: &Shared, allowed: &[u32]) -> i
     let uid = stream.peer_cred()?.uid();
     let (read, mut write) = stream.into_split();
     if !allowed.contains(&uid) {
-        warn!(uid, "control client rejected: uid not allowed");
+        // Any local user can connect, so the warning is limited to one a second.
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |elapsed| elapsed.as_secs());
+        if REJECTED_LOGGED.swap(second, std::sync::atomic::Ordering::Relaxed) != second {
+            warn!(uid, "control client rejected: uid not allowed");
+        }
         let message = format!(
             "uid {uid} may not control tollgated; run as root or set desktop_user in the config"
         );

@@ -8,7 +8,7 @@ use std::{
     collections::{HashMap, hash_map::Entry},
     io,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
-    sync::{Arc, Mutex, MutexGuard},
+    sync::{Arc, Mutex, MutexGuard, atomic::Ordering},
     time::Duration,
 };
 
@@ -62,9 +62,21 @@ enum FlowState {
 #[derive(Default)]
 struct FlowTable {
     flows: Mutex<HashMap<FlowKey, FlowState>>,
+    /// Bytes queued across all pending flows, kept below [`MAX_QUEUED_BYTES`].
+    queued_bytes: std::sync::atomic::AtomicUsize,
 }
 
+/// Bytes of datagrams queued across all flows that wait for a verdict. Beyond it new datagrams
+/// of pending flows are dropped, so a flood of large datagrams cannot exhaust memory.
+const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+
 impl FlowTable {
+    /// Forgets the bytes of a queue that left the pending state.
+    fn release_queue(&self, queue: &[Vec<u8>]) {
+        let bytes = queue.iter().map(Vec::len).sum::<usize>();
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     fn lock(&self) -> MutexGuard<'_, HashMap<FlowKey, FlowState>> {
         // Each critical section leaves the map consistent, so a poisoned lock is still usable.
         self.flows
@@ -138,7 +150,11 @@ fn dispatch(table: &FlowTable, key: FlowKey, payload: Vec<u8>, limit: usize) -> 
             match entry.get_mut() {
                 FlowState::Pending { queue, dropped } => {
                     // The flow task keeps the first datagram, so the queue stores only the later ones.
-                    if queue.len() + 1 < limit {
+                    let total = table.queued_bytes.load(Ordering::Relaxed);
+                    if queue.len() + 1 < limit && total + payload.len() <= MAX_QUEUED_BYTES {
+                        table
+                            .queued_bytes
+                            .fetch_add(payload.len(), Ordering::Relaxed);
                         queue.push(payload);
                     } else {
                         *dropped += 1;
@@ -210,7 +226,10 @@ async fn drop_until_idle(shared: &Shared, table: &FlowTable, key: FlowKey, first
             last_seen: Instant::now(),
         },
     ) {
-        Some(FlowState::Pending { queue, dropped }) => queue.len() as u64 + dropped + 1,
+        Some(FlowState::Pending { queue, dropped }) => {
+            table.release_queue(&queue);
+            queue.len() as u64 + dropped + 1
+        }
         _ => 1,
     };
     debug!(dropped, "denied flow; dropping its datagrams");
@@ -241,7 +260,9 @@ async fn relay(shared: &Shared, table: &FlowTable, flow: &Flow, first: Vec<u8>) 
         Ok(sockets) => sockets,
         Err(err) => {
             warn!(error = %err, "failed to open sockets for UDP flow");
-            table.lock().remove(&key);
+            if let Some(FlowState::Pending { queue, .. }) = table.lock().remove(&key) {
+                table.release_queue(&queue);
+            }
             shared.emit(
                 flow,
                 closed(0, 0, Some(format!("failed to open sockets: {err}"))),
@@ -254,6 +275,7 @@ async fn relay(shared: &Shared, table: &FlowTable, flow: &Flow, first: Vec<u8>) 
     let (sender, mut stragglers) = mpsc::channel(shared.config.udp_queue_limit);
     let queued = match table.lock().insert(key, FlowState::Relaying(sender)) {
         Some(FlowState::Pending { queue, dropped }) => {
+            table.release_queue(&queue);
             if dropped > 0 {
                 info!(
                     dropped,
@@ -269,9 +291,7 @@ async fn relay(shared: &Shared, table: &FlowTable, flow: &Flow, first: Vec<u8>) 
         counts.send_up(&upstream, &payload).await;
     }
 
-    shared
-        .active
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    shared.active.fetch_add(1, Ordering::Relaxed);
     let error = copy_until_idle(
         &upstream,
         &reply,
@@ -280,9 +300,7 @@ async fn relay(shared: &Shared, table: &FlowTable, flow: &Flow, first: Vec<u8>) 
         &mut counts,
     )
     .await;
-    shared
-        .active
-        .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    shared.active.fetch_sub(1, Ordering::Relaxed);
     table.lock().remove(&key);
     debug!(
         bytes_up = counts.up,

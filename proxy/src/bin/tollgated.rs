@@ -13,10 +13,10 @@ use tollgate_proxy::{
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-/// Tollgate daemon: holds each new outbound TCP connection of this network namespace until it
-/// is allowed or denied.
+/// Tollgate daemon: holds each new outbound TCP connection and UDP flow of this network
+/// namespace until it is allowed or denied.
 #[derive(Debug, Parser)]
-#[command(version)]
+#[command(name = "tollgated", version)]
 struct Args {
     /// Configuration file; every key in it is optional.
     #[arg(long, value_name = "PATH")]
@@ -65,6 +65,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    raise_open_file_limit();
+    let _lock = daemon::lock_network_namespace()?;
+
     let mut terminate = signal(SignalKind::terminate()).context("failed to watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("failed to watch SIGINT")?;
     let shutdown = async move {
@@ -74,4 +77,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     daemon::run(config, shutdown).await
+}
+
+/// Raises the soft limit of open files to the hard limit: every held connection needs a
+/// descriptor, and relayed ones two.
+fn raise_open_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open file limit"),
+            Err(err) => tracing::warn!(error = %err, soft, "failed to raise the open file limit"),
+        },
+        Ok(_) => {}
+        Err(err) => tracing::warn!(error = %err, "failed to read the open file limit"),
+    }
 }

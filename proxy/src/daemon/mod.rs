@@ -122,6 +122,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     Ok(())
 }
 
+/// Takes the lock that lets one daemon protect a network namespace, held until the returned
+/// file is closed (also when the process dies). A second daemon would replace the first one's
+/// table and, on exit, remove it while the first still believes it intercepts.
+pub fn lock_network_namespace() -> anyhow::Result<std::fs::File> {
+    use std::os::{fd::AsRawFd as _, unix::fs::MetadataExt as _};
+
+    let namespace = std::fs::metadata("/proc/self/ns/net")
+        .context("failed to identify the network namespace")?
+        .ino();
+    let dir = std::path::Path::new(LOCK_DIR);
+    std::fs::create_dir_all(dir).with_context(|| format!("failed to create {}", dir.display()))?;
+    let path = dir.join(format!("netns-{namespace}.lock"));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("failed to open {}", path.display()))?;
+    // SAFETY: flock on a descriptor this function owns; no memory is passed.
+    let locked = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if locked != 0 {
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::WouldBlock {
+            anyhow::bail!(
+                "another tollgated already protects this network namespace (it holds {}); \
+                 stop it first",
+                path.display()
+            );
+        }
+        return Err(err).with_context(|| format!("failed to lock {}", path.display()));
+    }
+    Ok(file)
+}
+
+/// Directory of the per-namespace daemon locks.
+const LOCK_DIR: &str = "/run/tollgate";
+
 /// Starts the local resolver on the loopback addresses, unless the config disables it.
 fn start_resolver(
     config: &Config,

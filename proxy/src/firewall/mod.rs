@@ -5,7 +5,7 @@
 pub mod nft;
 pub mod routing;
 
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::InterceptionConfig;
 
@@ -48,12 +48,9 @@ impl Interception {
         // Routes first: with the table in place but no routes, marked packets would leave
         // without being diverted.
         routing::install(&interception.routing).await?;
-        if let Err(err) = nft::install(&interception.table, allowed) {
-            if let Err(undo) = routing::remove(&interception.routing).await {
-                warn!(error = %undo, "failed to remove policy routing after a failed install");
-            }
-            return Err(err.into());
-        }
+        // On failure the routes stay: with a table left by a crashed run they keep diverting,
+        // so new connections are still stopped rather than let through.
+        nft::install(&interception.table, allowed)?;
         info!(
             table = "inet tollgate",
             tcp_port = config.tcp_port,

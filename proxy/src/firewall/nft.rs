@@ -117,11 +117,10 @@ pub fn install(spec: &TableSpec, allowed: &[KernelAllow]) -> Result<(), NftError
     batch.add(&alive, MsgType::Add);
     batch.add_iter(alive.elems_iter(), MsgType::Add);
 
+    // The allowed chain is filled in batches of its own below: the kernel echoes every message
+    // of a batch in its acknowledgment, and a large batch overflows the socket's buffer.
     let allowed_chain = Chain::new(ALLOWED_CHAIN, &table);
     batch.add(&allowed_chain, MsgType::Add);
-    for rule in allowed_rules(&allowed_chain, allowed) {
-        batch.add(&rule, MsgType::Add);
-    }
 
     let mut output = Chain::new(OUTPUT_CHAIN, &table);
     output.set_hook(Hook::Out, MANGLE_PRIORITY);
@@ -141,33 +140,52 @@ pub fn install(spec: &TableSpec, allowed: &[KernelAllow]) -> Result<(), NftError
         batch.add(&rule, MsgType::Add);
     }
 
-    send(&batch.finalize(), "install")
+    send(&batch.finalize(), "install")?;
+    replace_allowed(allowed)
 }
 
 /// Refreshes the `alive` element, telling the kernel the daemon still runs.
 pub fn heartbeat() -> Result<(), NftError> {
-    let mut batch = Batch::new();
     let table = Table::new(TABLE_NAME, ProtoFamily::Inet);
     let alive = alive_set(&table);
-    // Add (a no-op if present), delete, add: the element gets a fresh timeout either way.
-    batch.add_iter(alive.elems_iter(), MsgType::Add);
-    batch.add_iter(alive.elems_iter(), MsgType::Del);
-    batch.add_iter(alive.elems_iter(), MsgType::Add);
-    send(&batch.finalize(), "heartbeat")
+    // Delete and add in one batch gives the element a fresh timeout. An element that expired
+    // cannot be deleted, so then it is only added. (Adding an existing one fails: the add
+    // message carries NLM_F_EXCL.)
+    let mut refresh = Batch::new();
+    refresh.add_iter(alive.elems_iter(), MsgType::Del);
+    refresh.add_iter(alive.elems_iter(), MsgType::Add);
+    if send(&refresh.finalize(), "heartbeat").is_ok() {
+        return Ok(());
+    }
+    let mut add = Batch::new();
+    add.add_iter(alive.elems_iter(), MsgType::Add);
+    send(&add.finalize(), "heartbeat")
 }
 
-/// Replaces the rules of the `allowed` chain.
+/// Replaces the rules of the `allowed` chain, in batches small enough for the kernel's
+/// acknowledgments to fit the socket buffer.
 pub fn replace_allowed(allowed: &[KernelAllow]) -> Result<(), NftError> {
-    let mut batch = Batch::new();
     let table = Table::new(TABLE_NAME, ProtoFamily::Inet);
     let chain = Chain::new(ALLOWED_CHAIN, &table);
+    let rules = allowed_rules(&chain, allowed);
+    let mut batch = Batch::new();
     // A rule deletion without a handle flushes the chain.
     batch.add(&Rule::new(&chain), MsgType::Del);
-    for rule in allowed_rules(&chain, allowed) {
-        batch.add(&rule, MsgType::Add);
+    let mut in_batch = 0;
+    for rule in &rules {
+        batch.add(rule, MsgType::Add);
+        in_batch += 1;
+        if in_batch == RULES_PER_BATCH {
+            send(&batch.finalize(), "replace allowed")?;
+            batch = Batch::new();
+            in_batch = 0;
+        }
     }
     send(&batch.finalize(), "replace allowed")
 }
+
+/// Rules sent in one batch when filling the `allowed` chain.
+const RULES_PER_BATCH: usize = 64;
 
 /// Deletes the table if it exists.
 pub fn remove() -> Result<(), NftError> {
