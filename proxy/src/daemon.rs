@@ -25,13 +25,15 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     attribution::{KernelAttribution, NoAttribution, OwnerLookup},
-    config::Config,
+    audit::{FlowIdentity, FlowLog},
+    config::{Config, Mode},
     control::{self, ControlListener},
     firewall::{HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
+    policy::{FlowFacts, Policy},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
-        StatusInfo,
+        DecidedBy, ErrorCode, Event, EventKind, Expected, NewRule, PendingInfo, ProcessInfo,
+        Response, StatusInfo,
     },
     transparent, udp,
 };
@@ -56,14 +58,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     })?;
     let rules = RuleSet::from_rules(store.load_all().context("failed to load stored rules")?);
     info!(rules = rules.len(), path = %config.rules_db_path().display(), "rules loaded");
+    let policy = match &config.policy {
+        Some(path) => {
+            let policy = Policy::load(path)?;
+            info!(entries = policy.entries().len(), path = %path.display(), "policy loaded");
+            Some(policy)
+        }
+        None => None,
+    };
+    let flow_log = match config.flow_log_path() {
+        Some(path) => {
+            let log = FlowLog::open(&path)
+                .with_context(|| format!("failed to open flow log {}", path.display()))?;
+            info!(path = %path.display(), "writing flow log");
+            Some(log)
+        }
+        None => None,
+    };
+    info!(mode = %config.mode, "deciding flows");
 
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
     let listeners = bind_listeners(&config)?;
     let udp_listeners = udp::bind_listeners(&config)?;
+    // In enforce mode only the policy allows, so no rule may let traffic pass on its own.
+    let allowed = match config.mode {
+        Mode::Enforce => Vec::new(),
+        Mode::Interactive | Mode::Audit => kernel_allows(&rules),
+    };
     let interception = if config.interception.enabled {
         Some(
-            Interception::install(&config.interception, &kernel_allows(&rules))
+            Interception::install(&config.interception, &allowed)
                 .await
                 .context("failed to install interception")?,
         )
@@ -73,7 +98,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let (owners, classifier_counters) = load_attribution(&config);
-    let shared = Arc::new(Shared::new(config, store, rules, interception, owners));
+    let decisions = Decisions { policy, flow_log };
+    let shared = Arc::new(Shared::new(
+        config,
+        store,
+        rules,
+        interception,
+        owners,
+        decisions,
+    ));
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(counters) = classifier_counters {
         tasks.spawn(counters);
@@ -95,7 +128,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     {
         error!(error = %format!("{err:#}"), "failed to remove interception");
     }
+    if let Some(flow_log) = &shared.decisions.flow_log {
+        write_summary(&shared.config, flow_log);
+    }
     Ok(())
+}
+
+/// Writes the summary of the flows of this run to the configured file or to stderr.
+fn write_summary(config: &Config, flow_log: &FlowLog) {
+    let summary = flow_log.finish();
+    let text = format!(
+        "tollgated flow summary ({} mode, log {})\n{summary}",
+        config.mode,
+        flow_log.path().display()
+    );
+    match &config.audit_summary {
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => info!(path = %path.display(), "flow summary written"),
+            Err(err) => {
+                error!(path = %path.display(), error = %err, "failed to write flow summary");
+            }
+        },
+        None => eprint!("{text}"),
+    }
 }
 
 /// A task that watches the classifier's counters.
@@ -249,6 +304,15 @@ pub struct Shared {
     /// Wakes the task that copies forever-allow rules into the kernel.
     rules_changed: tokio::sync::Notify,
     pub(crate) owners: Arc<dyn OwnerLookup>,
+    decisions: Decisions,
+}
+
+/// Policy and flow log of audit and enforce mode.
+struct Decisions {
+    /// The allowlist, when configured.
+    policy: Option<Policy>,
+    /// The flow log, when one is written.
+    flow_log: Option<FlowLog>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
@@ -268,6 +332,7 @@ impl Shared {
         rules: RuleSet,
         interception: Option<Interception>,
         owners: Arc<dyn OwnerLookup>,
+        decisions: Decisions,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
@@ -285,6 +350,7 @@ impl Shared {
             interception: tokio::sync::Mutex::new(interception),
             rules_changed: tokio::sync::Notify::new(),
             owners,
+            decisions,
         }
     }
 
@@ -312,7 +378,7 @@ impl Shared {
         let mut interception = self.interception.lock().await;
         match (enabled, interception.take()) {
             (true, None) => {
-                let allowed = kernel_allows(&self.lock().rules);
+                let allowed = self.kernel_allows();
                 let installed = Interception::install(&self.config.interception, &allowed)
                     .await
                     .map_err(|err| {
@@ -329,7 +395,7 @@ impl Shared {
                 if let Err(err) = installed.remove().await {
                     error!(error = %format!("{err:#}"), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
-                    let allowed = kernel_allows(&self.lock().rules);
+                    let allowed = self.kernel_allows();
                     *interception = Interception::install(&self.config.interception, &allowed)
                         .await
                         .ok();
@@ -480,15 +546,35 @@ impl Shared {
         }
     }
 
+    /// Returns the destinations the kernel lets pass while the daemon is down: none in enforce
+    /// mode, where only the policy allows.
+    fn kernel_allows(&self) -> Vec<KernelAllow> {
+        match self.config.mode {
+            Mode::Enforce => Vec::new(),
+            Mode::Interactive | Mode::Audit => kernel_allows(&self.lock().rules),
+        }
+    }
+
     /// Returns a new connection identifier.
     pub(crate) fn next_connection(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn emit(&self, flow: &Flow, kind: EventKind) {
+        let time_unix_ms = unix_ms(SystemTime::now());
+        if let Some(flow_log) = &self.decisions.flow_log {
+            let identity = FlowIdentity {
+                connection: flow.connection,
+                process: flow.process.as_ref(),
+                source: flow.source,
+                destination: flow.destination,
+                protocol: flow.protocol,
+            };
+            flow_log.observe(&identity, &kind, time_unix_ms);
+        }
         // Sending fails only when nobody is watching, which is fine.
         let _ = self.events.send(Event {
-            time_unix_ms: unix_ms(SystemTime::now()),
+            time_unix_ms,
             connection: flow.connection,
             process: flow.process.clone(),
             source: flow.source,
@@ -514,7 +600,7 @@ async fn keep_kernel_state(shared: Arc<Shared>) {
             continue;
         };
         let result = if rules_changed {
-            let allowed = kernel_allows(&shared.lock().rules);
+            let allowed = shared.kernel_allows();
             debug!(
                 destinations = allowed.len(),
                 "updating forever-allowed destinations"
@@ -682,21 +768,18 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
     .await;
 }
 
-/// Returns the verdict for a new connection: from a rule at once, or after holding it as a
-/// pending request until someone decides or the prompt times out.
+/// Returns the verdict for a new connection. In interactive mode it comes from a rule at once,
+/// or after holding the connection as a pending request until someone decides or the prompt
+/// times out. Audit mode allows everything, and in enforce mode the policy decides.
 pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
+    match shared.config.mode {
+        Mode::Interactive => {}
+        Mode::Audit => return audit_verdict(shared, flow),
+        Mode::Enforce => return enforce_verdict(shared, flow),
+    }
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
-        let connection = Connection {
-            executable: flow
-                .process
-                .as_ref()
-                .and_then(|process| process.executable.as_deref()),
-            ip: flow.destination.ip(),
-            port: flow.destination.port(),
-            protocol: flow.protocol,
-        };
-        if let Some(rule) = state.rules.decide(&connection) {
+        if let Some(rule) = state.rules.decide(&connection_of_flow(flow)) {
             return Verdict {
                 action: rule.action,
                 by: DecidedBy::Rule { rule: rule.id },
@@ -742,6 +825,92 @@ pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
                 None => receiver.await.unwrap_or(timed_out),
             }
         }
+    }
+}
+
+/// Allows the flow and notes, for the flow log, what the policy (or without one, the rules)
+/// would do with it.
+fn audit_verdict(shared: &Shared, flow: &Flow) -> Verdict {
+    let (expected, reason) = match &shared.decisions.policy {
+        Some(policy) => match policy.check(&facts_of(flow)) {
+            Ok(_) => (Expected::Allow, None),
+            Err(denial) => (Expected::Deny, Some(denial.to_string())),
+        },
+        None => match shared.lock().rules.decide(&connection_of_flow(flow)) {
+            Some(rule) if rule.action == Action::Allow => (Expected::Allow, None),
+            Some(rule) => (Expected::Deny, Some(format!("rule {} denies it", rule.id))),
+            None => (Expected::Prompt, None),
+        },
+    };
+    if let Some(flow_log) = &shared.decisions.flow_log {
+        flow_log.expect(flow.connection, expected, reason);
+    }
+    Verdict {
+        action: Action::Allow,
+        by: DecidedBy::Audit { expected },
+    }
+}
+
+/// Allows the flow when a policy entry matches it and denies it otherwise, logging why.
+fn enforce_verdict(shared: &Shared, flow: &Flow) -> Verdict {
+    let Some(policy) = &shared.decisions.policy else {
+        // Config::validate rejects enforce mode without a policy, so this is unreachable;
+        // deny to stay closed all the same.
+        return Verdict {
+            action: Action::Deny,
+            by: DecidedBy::Policy { entry: None },
+        };
+    };
+    let (expected, reason, verdict) = match policy.check(&facts_of(flow)) {
+        Ok(entry) => (
+            Expected::Allow,
+            None,
+            Verdict {
+                action: Action::Allow,
+                by: DecidedBy::Policy { entry: Some(entry) },
+            },
+        ),
+        Err(denial) => {
+            let reason = denial.to_string();
+            warn!(%reason, "denied by policy");
+            (
+                Expected::Deny,
+                Some(reason),
+                Verdict {
+                    action: Action::Deny,
+                    by: DecidedBy::Policy { entry: None },
+                },
+            )
+        }
+    };
+    if let Some(flow_log) = &shared.decisions.flow_log {
+        flow_log.expect(flow.connection, expected, reason);
+    }
+    verdict
+}
+
+fn facts_of(flow: &Flow) -> FlowFacts<'_> {
+    let process = flow.process.as_ref();
+    FlowFacts {
+        executable: process.and_then(|process| process.executable.as_deref()),
+        script: process.and_then(|process| process.script.as_deref()),
+        // NOTE: names are not known to the daemon yet, so domain entries match no flow.
+        host: None,
+        ip: flow.destination.ip(),
+        port: flow.destination.port(),
+        protocol: flow.protocol,
+    }
+}
+
+fn connection_of_flow(flow: &Flow) -> Connection<'_> {
+    Connection {
+        executable: flow
+            .process
+            .as_ref()
+            .and_then(|process| process.executable.as_deref()),
+        ip: flow.destination.ip(),
+        port: flow.destination.port(),
+        protocol: flow.protocol,
     }
 }
 

@@ -8,15 +8,20 @@
 //! - [`control`] serves the control socket; [`protocol`] defines what is said on it, and
 //!   [`client`] is the other end.
 //! - [`config`] reads `/etc/tollgate/config.toml`.
+//! - [`policy`] is the allowlist of enforce mode; [`audit`] writes the flow log of audit and
+//!   enforce mode, and [`report`] summarizes it.
 
 pub mod attribution;
+pub mod audit;
 pub mod client;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod firewall;
 pub mod holding;
+pub mod policy;
 pub mod protocol;
+pub mod report;
 pub mod transparent;
 pub mod udp;
 pub mod unreachable;

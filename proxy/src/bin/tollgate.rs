@@ -10,10 +10,13 @@ use std::{
 use anyhow::{Context as _, bail};
 use clap::{Args as ClapArgs, Parser, Subcommand, ValueEnum};
 use tollgate_proxy::{
+    audit,
     client::Client,
     config::DEFAULT_CONTROL_SOCKET,
     holding::unix_ms,
+    policy::Policy,
     protocol::{DecidedBy, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Request, Response},
+    report::{Summary, violations},
 };
 use tollgate_rules::{
     Action, AddressMatch, Cidr, Destination, Lifetime, PortMatch, ProtocolMatch, Rule, RuleId,
@@ -58,7 +61,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Summarize a flow log per process and destination, and with --policy list the flows the
+    /// policy does not allow. Exits with 3 when there are any, so CI can fail on them. Needs
+    /// no running daemon.
+    Report {
+        /// Flow log written by `tollgated --audit` or `--enforce`.
+        #[arg(long, value_name = "FILE")]
+        audit_log: PathBuf,
+        /// Policy file to check every flow against (docs/policy.md).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
 }
+
+/// Exit status of `tollgate report` when a flow is outside the policy.
+const EXIT_POLICY_VIOLATED: u8 = 3;
 
 #[derive(Debug, ClapArgs)]
 struct DecideArgs {
@@ -150,6 +167,16 @@ enum LifetimeArg {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Report { audit_log, policy } = &cli.command {
+        return match report(audit_log, policy.as_deref()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_POLICY_VIOLATED),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -167,6 +194,39 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints the summary of the flow log and, with a policy, the flows outside it. Returns whether
+/// every flow is within the policy.
+fn report(
+    audit_log: &std::path::Path,
+    policy_path: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    let records = audit::read_records(audit_log)?;
+    print!("{}", Summary::from_records(&records));
+    let Some(policy_path) = policy_path else {
+        return Ok(true);
+    };
+    let policy = Policy::load(policy_path)?;
+    let found = violations(&records, &policy);
+    if found.is_empty() {
+        println!(
+            "\npolicy {}: all {} flow(s) allowed",
+            policy_path.display(),
+            records.len()
+        );
+        return Ok(true);
+    }
+    println!(
+        "\npolicy {}: {} destination(s) outside the policy",
+        policy_path.display(),
+        found.len()
+    );
+    for violation in &found {
+        println!("  {} -> {}", violation.process, violation.destination);
+        println!("      {}", violation.reason);
+    }
+    Ok(false)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -209,6 +269,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deny(args) => decide(&mut client, &args, Action::Deny).await?,
         Command::Rules(command) => rules(&mut client, command).await?,
         Command::Watch { json } => watch(&mut client, json).await?,
+        Command::Report { .. } => unreachable!("report runs without the daemon, in main"),
         Command::Disable | Command::Enable => {
             let enabled = matches!(cli.command, Command::Enable);
             let request = Request::SetInterception { enabled };
@@ -452,6 +513,9 @@ fn describe_event(event: &Event) -> String {
                 DecidedBy::User => "user".to_owned(),
                 DecidedBy::Timeout => "timeout".to_owned(),
                 DecidedBy::Limit => "held-connection limit".to_owned(),
+                DecidedBy::Audit { expected } => format!("audit, expected {expected}"),
+                DecidedBy::Policy { entry: Some(entry) } => format!("policy entry {entry}"),
+                DecidedBy::Policy { entry: None } => "policy".to_owned(),
             };
             format!("{action:<8} {flow} by {process} ({by})")
         }
