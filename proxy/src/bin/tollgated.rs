@@ -42,6 +42,10 @@ struct Args {
     /// File for the flow summary written at exit, instead of stderr.
     #[arg(long, value_name = "FILE")]
     audit_summary: Option<PathBuf>,
+    /// cgroup2 directory the attribution programs attach to, as the config's
+    /// `attribution.cgroup`; processes outside it show as unknown.
+    #[arg(long, value_name = "DIR")]
+    attribution_cgroup: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -89,6 +93,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     if let Some(audit_summary) = args.audit_summary {
         config.audit_summary = Some(audit_summary);
+    }
+    if let Some(cgroup) = args.attribution_cgroup {
+        config.attribution.cgroup = Some(cgroup);
     }
     config
         .validate()
