@@ -153,6 +153,8 @@ fn audit_records_each_flow() {
         daemon.pending().is_empty(),
         "audit mode must not hold flows"
     );
+    let status = text(&daemon.run_cli(&["status"]).stdout);
+    assert!(status.contains("mode:               audit"), "{status}");
     wait_for_records(&log, 2);
     daemon.stop().expect("failed to stop tollgated");
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_rules::Action;
 
 /// Path of the configuration file when none is given on the command line.
@@ -65,7 +65,7 @@ pub struct Config {
 }
 
 /// How the daemon decides flows.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Mode {
     /// Rules decide; a flow no rule decides waits for a person.

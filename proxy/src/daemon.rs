@@ -369,6 +369,7 @@ impl Shared {
             active_connections: self.active.load(Ordering::Relaxed),
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
+            mode: self.config.mode,
         }
     }
 

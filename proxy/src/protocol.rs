@@ -10,6 +10,8 @@ use std::{net::SocketAddr, path::PathBuf};
 use serde::{Deserialize, Serialize};
 use tollgate_rules::{Action, Destination, Lifetime, Protocol, Rule, RuleId, Subject};
 
+use crate::config::Mode;
+
 /// Version of the protocol described here. A daemon rejects requests of any other version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -188,6 +190,9 @@ pub struct StatusInfo {
     pub prompt_timeout_secs: u64,
     /// Action applied when no decision comes in time.
     pub default_action: Action,
+    /// How the daemon decides flows; absent from daemons older than the modes.
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// Known facts about the process that opened a connection, captured in the kernel when it

@@ -238,6 +238,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             println!("tollgated {} (pid {})", status.version, status.pid);
             println!("  uptime:             {}s", status.uptime_secs);
+            println!("  mode:               {}", status.mode);
             println!(
                 "  intercepting:       {}",
                 if status.intercepting { "yes" } else { "no" }
