@@ -171,23 +171,34 @@ impl Setup {
         format!("/{}", self.v1_cgroups.0)
     }
 
-    /// Starts `tollgated ARGS` in a container on the lab's desk namespace and waits until
-    /// `tollgate status` succeeds in it.
+    /// Starts `tollgated ARGS` in a container on the lab's desk namespace, attributing the
+    /// processes of every container below the test's cgroup, and waits until `tollgate
+    /// status` succeeds in it.
     fn start_daemon(&self, name: &str, args: &[&str]) -> ContainerGuard {
+        let cgroup_mount = format!("{}:{CGROUP_IN_CONTAINER}", self.cgroup.path().display());
+        let mut daemon_args = vec!["--attribution-cgroup", CGROUP_IN_CONTAINER];
+        daemon_args.extend_from_slice(args);
+        self.start_container(name, &["-v", &cgroup_mount], &daemon_args)
+    }
+
+    /// Starts `tollgated ARGS` in a container whose entrypoint mounts cgroup2 itself, so the
+    /// daemon attributes the processes of its own container only.
+    fn start_daemon_own_cgroup(&self, name: &str, args: &[&str]) -> ContainerGuard {
+        self.start_container(name, &[], args)
+    }
+
+    fn start_container(&self, name: &str, podman_args: &[&str], args: &[&str]) -> ContainerGuard {
         let guard = ContainerGuard(name.to_owned());
-        let mounts = [
-            format!("{}:{CGROUP_IN_CONTAINER}", self.cgroup.path().display()),
-            format!("{}:{WORK_IN_CONTAINER}", self.lab.work_dir().display()),
-        ];
+        let work_mount = format!("{}:{WORK_IN_CONTAINER}", self.lab.work_dir().display());
         run_ok(
             Command::new("podman")
                 .args(["run", "-d", "--rm", "--name", name])
                 .arg(format!("--network=ns:{}", self.lab.desk().path().display()))
                 .arg(format!("--cgroup-parent={}", self.cgroup_parent()))
                 .args(["--cgroupns=private", "--cap-add", "NET_ADMIN,BPF,SYS_ADMIN"])
-                .args(["-v", &mounts[0], "-v", &mounts[1]])
+                .args(["-v", &work_mount])
+                .args(podman_args)
                 .arg(&self.image.0)
-                .args(["--attribution-cgroup", CGROUP_IN_CONTAINER])
                 .args(args),
         );
         let deadline = Instant::now() + WAIT;
@@ -206,22 +217,34 @@ impl Setup {
         }
     }
 
-    /// Runs an HTTP GET to `server` from a container that shares `daemon`'s network namespace,
-    /// with bash's /dev/tcp, since the image has no HTTP client.
+    /// Runs an HTTP GET to `server` from a container that shares `daemon`'s network namespace.
     fn http_get(&self, daemon: &str, server: std::net::Ipv4Addr) -> Output {
         let name = format!("{daemon}-client");
         let _guard = ContainerGuard(name.clone());
-        let script = format!(
-            "exec 3<>/dev/tcp/{server}/80 && printf 'GET / HTTP/1.0\\r\\nHost: {server}\\r\\n\\r\\n' >&3 \
-             && timeout 20 cat <&3"
-        );
         run(Command::new("podman")
             .args(["run", "--rm", "--name", &name])
             .arg(format!("--network=container:{daemon}"))
             .arg(format!("--cgroup-parent={}", self.cgroup_parent()))
-            .args(["--entrypoint", "bash", &self.image.0, "-c", &script]))
+            .args([
+                "--entrypoint",
+                "bash",
+                &self.image.0,
+                "-c",
+                &http_script(server),
+            ]))
     }
+}
 
+/// Returns a bash script that sends an HTTP GET to `server` with bash's /dev/tcp, since the
+/// image has no HTTP client, and prints the response.
+fn http_script(server: std::net::Ipv4Addr) -> String {
+    format!(
+        "exec 3<>/dev/tcp/{server}/80 && printf 'GET / HTTP/1.0\\r\\nHost: {server}\\r\\n\\r\\n' >&3 \
+         && timeout 20 cat <&3"
+    )
+}
+
+impl Setup {
     fn flow_log(&self) -> PathBuf {
         self.lab.work_dir().join("flows.jsonl")
     }
@@ -314,6 +337,34 @@ fn container_audits_sibling_container() {
     assert!(
         !desk_has_table(&setup.lab),
         "the stopped daemon left its table in desk"
+    );
+}
+
+#[test]
+fn container_names_its_own_processes() {
+    let setup = Setup::new();
+    let daemon = format!("{}-own", setup.lab.name());
+    let log = format!("{WORK_IN_CONTAINER}/flows.jsonl");
+    let _guard = setup.start_daemon_own_cgroup(&daemon, &["--audit", "--audit-log", &log]);
+
+    // `podman exec` starts the client in the daemon's container, inside the cgroup2 root
+    // that the entrypoint mounted.
+    let output = run(Command::new("podman").args([
+        "exec",
+        &daemon,
+        "bash",
+        "-c",
+        &http_script(SERVER_A_V4),
+    ]));
+    assert_page(&output);
+    let records = wait_for_records(&setup.flow_log(), 1);
+    let process = &records[0]["process"];
+    assert_eq!(process["executable"], "/usr/bin/bash", "{records:#?}");
+    assert_ne!(process["cgroup_id"].as_u64(), Some(0), "{records:#?}");
+    let logs = container_log(&daemon);
+    assert!(
+        logs.contains("cgroup=/run/tollgate/cgroup"),
+        "the entrypoint did not mount cgroup2: {logs}"
     );
 }
 
