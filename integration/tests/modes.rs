@@ -3,7 +3,7 @@
 
 use std::{
     fs,
-    net::IpAddr,
+    net::{IpAddr, UdpSocket},
     path::{Path, PathBuf},
     process::Output,
     thread,
@@ -13,7 +13,7 @@ use std::{
 use tollgate_integration::{
     INDEX_MARKER, Lab,
     daemon::Daemon,
-    topology::{SERVER_A_V4, SERVER_B_V4},
+    topology::{SERVER_A_V4, SERVER_B_V4, UDP_ECHO_PORT},
 };
 
 fn start_lab() -> Lab {
@@ -321,4 +321,62 @@ fn enforce_without_policy_fails_to_start() {
     let lab = start_lab();
     let err = Daemon::start(&lab, "mode = \"enforce\"\n").expect_err("daemon started");
     assert!(err.to_string().contains("policy"), "{err:#}");
+}
+
+#[test]
+fn enforce_applies_policy_to_udp() {
+    let lab = start_lab();
+    let log = lab.work_dir().join("flows.jsonl");
+    let policy = lab.work_dir().join("policy.toml");
+    fs::write(
+        &policy,
+        format!(
+            "[[allow]]\nname = \"echo A\"\nnetworks = [\"{SERVER_A_V4}\"]\nports = [{UDP_ECHO_PORT}]\n\
+             protocol = \"udp\"\n"
+        ),
+    )
+    .expect("failed to write policy");
+    // A short idle timeout ends the allowed flow soon, which writes its record.
+    let daemon = start_daemon(
+        &lab,
+        &format!(
+            "mode = \"enforce\"\npolicy = \"{}\"\naudit_log = \"{}\"\nudp_idle_timeout_secs = 1\n",
+            policy.display(),
+            log.display()
+        ),
+    );
+
+    let (allowed, denied) = lab
+        .desk()
+        .run(|| {
+            let exchange = |server: IpAddr, wait: Duration| {
+                let socket = UdpSocket::bind("0.0.0.0:0").unwrap();
+                socket.connect((server, UDP_ECHO_PORT)).unwrap();
+                socket.set_read_timeout(Some(wait)).unwrap();
+                socket.send(b"ping").unwrap();
+                let mut buffer = [0u8; 64];
+                socket
+                    .recv(&mut buffer)
+                    .map(|len| buffer[..len].to_vec())
+                    .map_err(|err| err.kind())
+            };
+            (
+                exchange(SERVER_A_V4.into(), Duration::from_secs(20)),
+                exchange(SERVER_B_V4.into(), Duration::from_secs(2)),
+            )
+        })
+        .unwrap();
+    assert_eq!(allowed, Ok(b"ping".to_vec()));
+    assert!(denied.is_err(), "a flow outside the policy got {denied:?}");
+
+    let records = wait_for_records(&log, 2);
+    let to_b = record_to(&records, "203.0.113.20");
+    assert_eq!(to_b["protocol"], "udp");
+    assert_eq!(to_b["verdict"], "deny");
+    let reason = to_b["reason"].as_str().expect("denial without a reason");
+    assert!(reason.contains("echo A"), "{reason}");
+    let to_a = record_to(&records, "203.0.113.10");
+    assert_eq!(to_a["verdict"], "allow");
+    assert_eq!(to_a["bytes_down"], 4);
+    drop(daemon);
 }
