@@ -366,6 +366,21 @@ fn container_names_its_own_processes() {
         logs.contains("cgroup=/run/tollgate/cgroup"),
         "the entrypoint did not mount cgroup2: {logs}"
     );
+
+    // Without capabilities the mount fails, and the entrypoint still runs tollgated.
+    let version = run_ok(Command::new("podman").args([
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        &setup.image.0,
+        "--version",
+    ]));
+    assert!(
+        text(&version.stdout).starts_with("tollgate-proxy "),
+        "{}",
+        text(&version.stdout)
+    );
 }
 
 #[test]

@@ -29,8 +29,9 @@ struct Args {
     /// policy (if given) or the rules would give it.
     #[arg(long, conflicts_with = "enforce")]
     audit: bool,
-    /// Enforce mode: allow only what the policy allows, deny the rest without prompting.
-    #[arg(long, requires = "policy")]
+    /// Enforce mode: allow only what the policy (--policy or the config's `policy`) allows,
+    /// deny the rest without prompting.
+    #[arg(long)]
     enforce: bool,
     /// Policy file (TOML allowlist, see docs/policy.md).
     #[arg(long, value_name = "FILE")]
