@@ -15,7 +15,26 @@ apt-get install -y -qq --no-install-recommends \
     llvm-22-dev \
     nftables iproute2 bpftool \
     curl python3 liburing-dev \
-    dnsmasq-base dnsutils openssl
+    dnsmasq-base dnsutils openssl \
+    podman runc debootstrap
+
+# podman: the container tests build the Dockerfile and run tollgated in containers. Its
+# defaults fail on a host with a hybrid cgroup layout (crun rejects it, so runc) and without
+# CAP_SYS_RESOURCE (raising the file limit fails, so explicit ulimits). The file is written
+# only where it is missing or already has exactly this content, so a local one is kept.
+CONTAINERS_CONF='[containers]
+default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+runtime = "runc"'
+if [ ! -e /etc/containers/containers.conf ]; then
+    mkdir -p /etc/containers
+    printf '%s\n' "$CONTAINERS_CONF" > /etc/containers/containers.conf
+elif [ "$(cat /etc/containers/containers.conf)" != "$CONTAINERS_CONF" ]; then
+    echo "keeping /etc/containers/containers.conf, which differs from what the tests expect:" >&2
+    printf '%s\n' "$CONTAINERS_CONF" >&2
+fi
 
 rustup component add rustfmt clippy rust-src
 

@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tollgate_resolver::DnsConfig;
 use tollgate_rules::Action;
 
@@ -18,10 +18,24 @@ pub const DEFAULT_CONFIG_PATH: &str = "/etc/tollgate/config.toml";
 /// Path of the control socket when the configuration does not set one.
 pub const DEFAULT_CONTROL_SOCKET: &str = "/run/tollgate/control.sock";
 
+/// Path of the flow log in audit and enforce mode when the configuration does not set one.
+pub const DEFAULT_AUDIT_LOG: &str = "/var/log/tollgate/flows.jsonl";
+
 /// The daemon's settings.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    /// Decision mode: prompts, audit or enforce.
+    pub mode: Mode,
+    /// Flow log: one JSON line per flow. Audit and enforce mode write it at
+    /// [`DEFAULT_AUDIT_LOG`] when this is unset; interactive mode only when it is set.
+    pub audit_log: Option<PathBuf>,
+    /// File the flow summary goes to when the daemon stops; `None` means stderr. Written in
+    /// audit and enforce mode, and whenever `audit_log` is set.
+    pub audit_summary: Option<PathBuf>,
+    /// Allowlist of enforce mode (`docs/policy.md`). In audit mode it gives the expected
+    /// verdict of each flow instead of the rules.
+    pub policy: Option<PathBuf>,
     /// Path of the control socket.
     pub control_socket: PathBuf,
     /// Directory of the rule database (`rules.redb`).
@@ -51,6 +65,29 @@ pub struct Config {
     pub attribution: AttributionConfig,
     /// Settings of the local DNS resolver.
     pub dns: DnsConfig,
+}
+
+/// How the daemon decides flows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Rules decide; a flow no rule decides waits for a person.
+    #[default]
+    Interactive,
+    /// Every flow is allowed and recorded with the verdict the policy or the rules would give.
+    Audit,
+    /// The policy decides: what it does not allow is denied, with no prompts.
+    Enforce,
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Interactive => "interactive",
+            Self::Audit => "audit",
+            Self::Enforce => "enforce",
+        })
+    }
 }
 
 /// Settings of the kernel programs that name the process behind each flow.
@@ -101,6 +138,10 @@ pub struct InterceptionConfig {
 impl Default for Config {
     fn default() -> Self {
         Self {
+            mode: Mode::Interactive,
+            audit_log: None,
+            audit_summary: None,
+            policy: None,
             control_socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
             state_dir: PathBuf::from("/var/lib/tollgate"),
             prompt_timeout_secs: 60,
@@ -184,10 +225,12 @@ impl Config {
             path: path.to_owned(),
             source,
         })?;
-        config.validate().map_err(|reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })?;
+        config
+            .validate_numbers()
+            .map_err(|reason| ConfigError::Invalid {
+                path: path.to_owned(),
+                reason,
+            })?;
         Ok(config)
     }
 
@@ -206,12 +249,30 @@ impl Config {
         Duration::from_secs(self.udp_idle_timeout_secs)
     }
 
+    /// Returns the path of the flow log, or `None` when no flow log is written.
+    pub fn flow_log_path(&self) -> Option<PathBuf> {
+        match (&self.audit_log, self.mode) {
+            (Some(path), _) => Some(path.clone()),
+            (None, Mode::Interactive) => None,
+            (None, Mode::Audit | Mode::Enforce) => Some(PathBuf::from(DEFAULT_AUDIT_LOG)),
+        }
+    }
+
+    /// Checks the whole configuration, after the command line has changed what it may.
+    /// [`Config::load`] checks only the values that the command line cannot set.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.mode == Mode::Enforce && self.policy.is_none() {
+            return Err("enforce mode needs a policy file (policy key or --policy)".into());
+        }
+        self.validate_numbers()
+    }
+
     /// Returns the path of the rule database.
     pub fn rules_db_path(&self) -> PathBuf {
         self.state_dir.join("rules.redb")
     }
 
-    fn validate(&self) -> Result<(), String> {
+    fn validate_numbers(&self) -> Result<(), String> {
         let interception = &self.interception;
         if self.prompt_timeout_secs == 0 {
             return Err("prompt_timeout_secs must be at least 1".into());
@@ -338,6 +399,26 @@ mod tests {
     fn priority_after_main_table_is_rejected() {
         let err = parse("[interception]\nrule_priority = 40000\n").unwrap_err();
         assert!(matches!(err, ConfigError::Invalid { .. }), "{err}");
+    }
+
+    #[test]
+    fn enforce_needs_policy() {
+        let err = parse("mode = \"enforce\"\n")
+            .unwrap()
+            .validate()
+            .unwrap_err();
+        assert!(err.contains("policy"), "{err}");
+        let config = parse("mode = \"enforce\"\npolicy = \"/etc/tollgate/policy.toml\"\n").unwrap();
+        assert_eq!(config.mode, Mode::Enforce);
+        assert_eq!(
+            config.flow_log_path(),
+            Some(PathBuf::from(DEFAULT_AUDIT_LOG))
+        );
+    }
+
+    #[test]
+    fn interactive_writes_no_flow_log_by_default() {
+        assert_eq!(Config::default().flow_log_path(), None);
     }
 
     #[test]

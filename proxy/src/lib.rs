@@ -12,8 +12,11 @@
 //! - [`control`] serves the control socket; [`protocol`] defines what is said on it, and
 //!   [`client`] is the other end.
 //! - [`config`] reads `/etc/tollgate/config.toml`.
+//! - [`policy`] is the allowlist of enforce mode; [`audit`] writes the flow log of audit and
+//!   enforce mode, and [`report`] summarizes it.
 
 pub mod attribution;
+pub mod audit;
 pub mod client;
 pub mod clock;
 pub mod config;
@@ -23,8 +26,10 @@ pub mod exe_hash;
 pub mod firewall;
 pub mod holding;
 pub mod naming;
+pub mod policy;
 pub mod process;
 pub mod protocol;
+pub mod report;
 pub mod rule_book;
 pub mod transparent;
 pub mod udp;

@@ -13,6 +13,8 @@ use tollgate_rules::{
     RuleId, Subject,
 };
 
+use crate::config::Mode;
+
 /// Version of the protocol described here. A daemon rejects requests of any other version.
 pub const PROTOCOL_VERSION: u32 = 1;
 
@@ -279,6 +281,9 @@ pub struct StatusInfo {
     /// The name map of the local resolver, or `None` when the resolver is disabled.
     #[serde(default)]
     pub names: Option<NameMapStatus>,
+    /// How the daemon decides flows; absent from daemons older than the modes.
+    #[serde(default)]
+    pub mode: Mode,
 }
 
 /// Counters of the local resolver's name map.
@@ -457,4 +462,36 @@ pub enum DecidedBy {
     /// The daemon already held `max_held_connections` connections, so the default action
     /// applied at once.
     Limit,
+    /// Audit mode allowed the flow; `expected` is what the policy or the rules would do.
+    Audit {
+        /// The verdict the flow would get outside audit mode.
+        expected: Expected,
+    },
+    /// Enforce mode: the policy entry `entry` (from 1) allowed the flow, or none did.
+    Policy {
+        /// The matching allow entry, `None` for a denial.
+        entry: Option<usize>,
+    },
+}
+
+/// The verdict a flow would get from the policy or the rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expected {
+    /// A policy entry or a rule allows it.
+    Allow,
+    /// The policy or a rule denies it.
+    Deny,
+    /// No rule decides it, so interactive mode would hold it for a person.
+    Prompt,
+}
+
+impl std::fmt::Display for Expected {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::Prompt => "prompt",
+        })
+    }
 }

@@ -56,3 +56,50 @@ fn daemon_rejects_missing_config() {
         "{stderr}"
     );
 }
+
+#[test]
+fn enforce_without_policy_is_rejected() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_tollgated"))
+        .args(["--config", config.to_str().unwrap(), "--enforce"])
+        .output()
+        .expect("failed to run tollgated");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("enforce mode needs a policy file"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn report_of_missing_log_fails() {
+    let output = tollgate(&["report", "--audit-log", "/nonexistent/flows.jsonl"]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("failed to read flow log /nonexistent/flows.jsonl"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn report_rejects_invalid_policy() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("flows.jsonl");
+    std::fs::write(&log, "").unwrap();
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(&policy, "[[allow]]\nports = [0]\n").unwrap();
+    let output = tollgate(&[
+        "report",
+        "--audit-log",
+        log.to_str().unwrap(),
+        "--policy",
+        policy.to_str().unwrap(),
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("allow entry #1"), "{stderr}");
+}

@@ -6,15 +6,16 @@ use anyhow::Context as _;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
 use tollgate_proxy::{
-    config::{Config, DEFAULT_CONFIG_PATH},
+    config::{Config, DEFAULT_CONFIG_PATH, Mode},
     daemon,
     firewall::Interception,
 };
 use tracing::{error, info};
 use tracing_subscriber::EnvFilter;
 
-/// Tollgate daemon: holds each new outbound TCP connection and UDP flow of this network
-/// namespace until it is allowed or denied.
+/// Tollgate daemon: keeps each new outbound TCP connection and UDP flow of this network
+/// namespace waiting until it is allowed or denied. Audit mode records every flow instead, and
+/// enforce mode checks each one against a policy.
 #[derive(Debug, Parser)]
 #[command(name = "tollgated", version)]
 struct Args {
@@ -24,6 +25,28 @@ struct Args {
     /// Remove the nftables table and policy routes of a daemon that died, then exit.
     #[arg(long)]
     cleanup: bool,
+    /// Audit mode: allow every flow and record it in the flow log, with the verdict the
+    /// policy (if given) or the rules would give it.
+    #[arg(long, conflicts_with = "enforce")]
+    audit: bool,
+    /// Enforce mode: allow only what the policy (--policy or the config's `policy`) allows,
+    /// deny the rest without prompting.
+    #[arg(long)]
+    enforce: bool,
+    /// Policy file (TOML allowlist, see docs/policy.md).
+    #[arg(long, value_name = "FILE")]
+    policy: Option<PathBuf>,
+    /// Flow log, one JSON line per flow [default in audit and enforce mode:
+    /// /var/log/tollgate/flows.jsonl].
+    #[arg(long, value_name = "FILE")]
+    audit_log: Option<PathBuf>,
+    /// File for the flow summary written at exit, instead of stderr.
+    #[arg(long, value_name = "FILE")]
+    audit_summary: Option<PathBuf>,
+    /// cgroup2 directory the attribution programs attach to, as the config's
+    /// `attribution.cgroup`; processes outside it show as unknown.
+    #[arg(long, value_name = "DIR")]
+    attribution_cgroup: Option<PathBuf>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -56,7 +79,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let path = args
         .config
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let config = Config::load(&path, explicit)?;
+    let mut config = Config::load(&path, explicit)?;
+    if args.audit {
+        config.mode = Mode::Audit;
+    }
+    if args.enforce {
+        config.mode = Mode::Enforce;
+    }
+    if let Some(policy) = args.policy {
+        config.policy = Some(policy);
+    }
+    if let Some(audit_log) = args.audit_log {
+        config.audit_log = Some(audit_log);
+    }
+    if let Some(audit_summary) = args.audit_summary {
+        config.audit_summary = Some(audit_summary);
+    }
+    if let Some(cgroup) = args.attribution_cgroup {
+        config.attribution.cgroup = Some(cgroup);
+    }
+    config
+        .validate()
+        .map_err(|reason| anyhow::anyhow!("invalid settings: {reason}"))?;
     if args.cleanup {
         Interception::remove_leftovers(&config.interception)
             .await

@@ -31,15 +31,17 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     attribution::{KernelAttribution, NoAttribution, OwnerLookup},
+    audit::{FlowIdentity, FlowLog},
     clock,
-    config::Config,
+    config::{Config, Mode},
     control::{self, ControlListener},
     firewall::{DnsSpec, HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     naming::{self, DaemonAskers, Naming},
+    policy::{FlowFacts, Policy},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, NameMapStatus, PendingInfo, ProcessInfo, Response,
-        StatusInfo,
+        DecidedBy, ErrorCode, Event, EventKind, Expected, NameMapStatus, PendingInfo, ProcessInfo,
+        Response, StatusInfo,
     },
     rule_book::RuleBook,
     transparent, udp,
@@ -62,6 +64,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let book = RuleBook::open(&rules_path, clock::boot_id().as_deref(), &clock::now())
         .with_context(|| format!("failed to load rules from {}", rules_path.display()))?;
     info!(rules = book.rules().len(), path = %rules_path.display(), "rules loaded");
+    let policy = match &config.policy {
+        Some(path) => {
+            let policy = Policy::load(path)?;
+            info!(entries = policy.entries().len(), path = %path.display(), "policy loaded");
+            Some(policy)
+        }
+        None => None,
+    };
+    let flow_log = match config.flow_log_path() {
+        Some(path) => {
+            let log = FlowLog::open(&path)
+                .with_context(|| format!("failed to open flow log {}", path.display()))?;
+            info!(path = %path.display(), "writing flow log");
+            Some(log)
+        }
+        None => None,
+    };
+    info!(mode = %config.mode, "deciding flows");
 
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
@@ -70,8 +90,12 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (owners, classifier_counters) = load_attribution(&config);
     let dns = start_resolver(&config, Arc::clone(&owners))?;
     let dns_spec = dns.as_ref().map(|_| dns_spec(&config));
+    // In enforce mode only the policy allows, so no rule may let traffic pass on its own.
+    let allowed = match config.mode {
+        Mode::Enforce => Vec::new(),
+        Mode::Interactive | Mode::Audit => kernel_allows(book.rules()),
+    };
     let interception = if config.interception.enabled {
-        let allowed = kernel_allows(book.rules());
         Some(
             Interception::install(&config.interception, dns_spec.clone(), &allowed)
                 .await
@@ -83,7 +107,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     let names = dns.as_ref().map(DnsServer::names);
-    let shared = Arc::new(Shared::new(config, book, interception, owners));
+    let decisions = Decisions { policy, flow_log };
+    let shared = Arc::new(Shared::new(config, book, interception, owners, decisions));
     // Set before the tasks start, while this is the only reference.
     let shared = {
         let mut shared = shared;
@@ -119,6 +144,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     }
     // The resolver stops only now, so no diverted query found its socket missing.
     drop(dns);
+    if let Some(flow_log) = &shared.decisions.flow_log {
+        write_summary(&shared.config, flow_log);
+    }
     Ok(())
 }
 
@@ -222,6 +250,25 @@ fn dns_spec(config: &Config) -> DnsSpec {
     DnsSpec {
         port: config.dns.port,
         exempt_uids,
+    }
+}
+
+/// Writes the summary of the flows of this run to the configured file or to stderr.
+fn write_summary(config: &Config, flow_log: &FlowLog) {
+    let summary = flow_log.finish();
+    let text = format!(
+        "tollgated flow summary ({} mode, log {})\n{summary}",
+        config.mode,
+        flow_log.path().display()
+    );
+    match &config.audit_summary {
+        Some(path) => match std::fs::write(path, text) {
+            Ok(()) => info!(path = %path.display(), "flow summary written"),
+            Err(err) => {
+                error!(path = %path.display(), error = %err, "failed to write flow summary");
+            }
+        },
+        None => eprint!("{text}"),
     }
 }
 
@@ -377,6 +424,15 @@ pub struct Shared {
     names: Option<Arc<NameMap>>,
     /// The DNS diversion, kept to install the table again after `tollgate disable`.
     dns_spec: Option<DnsSpec>,
+    decisions: Decisions,
+}
+
+/// Policy and flow log of audit and enforce mode.
+struct Decisions {
+    /// The allowlist, when configured.
+    policy: Option<Policy>,
+    /// The flow log, when one is written.
+    flow_log: Option<FlowLog>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
@@ -395,6 +451,7 @@ impl Shared {
         book: RuleBook,
         interception: Option<Interception>,
         owners: Arc<dyn OwnerLookup>,
+        decisions: Decisions,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
@@ -412,6 +469,7 @@ impl Shared {
             owners,
             names: None,
             dns_spec: None,
+            decisions,
         }
     }
 
@@ -438,6 +496,7 @@ impl Shared {
                     expirations: stats.expirations,
                 }
             }),
+            mode: self.config.mode,
         }
     }
 
@@ -447,7 +506,7 @@ impl Shared {
         let mut interception = self.interception.lock().await;
         match (enabled, interception.take()) {
             (true, None) => {
-                let allowed = kernel_allows(self.lock().book.rules());
+                let allowed = self.kernel_allows();
                 let installed = Interception::install(
                     &self.config.interception,
                     self.dns_spec.clone(),
@@ -468,7 +527,7 @@ impl Shared {
                 if let Err(err) = installed.remove().await {
                     error!(error = %format!("{err:#}"), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
-                    let allowed = kernel_allows(self.lock().book.rules());
+                    let allowed = self.kernel_allows();
                     *interception = Interception::install(
                         &self.config.interception,
                         self.dns_spec.clone(),
@@ -537,15 +596,35 @@ impl Shared {
             .unwrap_or_default()
     }
 
+    /// Returns the destinations the kernel lets pass while the daemon is down: none in enforce
+    /// mode, where only the policy allows.
+    fn kernel_allows(&self) -> Vec<KernelAllow> {
+        match self.config.mode {
+            Mode::Enforce => Vec::new(),
+            Mode::Interactive | Mode::Audit => kernel_allows(self.lock().book.rules()),
+        }
+    }
+
     /// Returns a new connection identifier.
     pub(crate) fn next_connection(&self) -> u64 {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
     pub(crate) fn emit(&self, flow: &Flow, kind: EventKind) {
+        let time_unix_ms = unix_ms(SystemTime::now());
+        if let Some(flow_log) = &self.decisions.flow_log {
+            let identity = FlowIdentity {
+                connection: flow.connection,
+                process: flow.process.as_ref(),
+                source: flow.source,
+                destination: flow.destination,
+                protocol: flow.protocol,
+            };
+            flow_log.observe(&identity, &kind, time_unix_ms);
+        }
         // Sending fails only when nobody is watching, which is fine.
         let _ = self.events.send(Event {
-            time_unix_ms: unix_ms(SystemTime::now()),
+            time_unix_ms,
             connection: flow.connection,
             process: flow.process.clone(),
             source: flow.source,
@@ -572,7 +651,7 @@ async fn keep_kernel_state(shared: Arc<Shared>) {
             applied = None;
             continue;
         };
-        let allowed = kernel_allows(shared.lock().book.rules());
+        let allowed = shared.kernel_allows();
         let mut result = interception.heartbeat();
         if result.is_ok() && applied.as_ref() != Some(&allowed) {
             debug!(
@@ -708,7 +787,9 @@ pub(crate) async fn verdict_for(
     flow: &mut Flow,
     stream: Option<&TcpStream>,
 ) -> Verdict {
-    if let Some(verdict) = rule_verdict(shared, flow) {
+    if shared.config.mode == Mode::Interactive
+        && let Some(verdict) = rule_verdict(shared, flow)
+    {
         return verdict;
     }
     if flow.naming.host.is_none()
@@ -718,7 +799,11 @@ pub(crate) async fn verdict_for(
         debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
         flow.naming = naming;
     }
-
+    match shared.config.mode {
+        Mode::Interactive => {}
+        Mode::Audit => return audit_verdict(shared, flow),
+        Mode::Enforce => return enforce_verdict(shared, flow),
+    }
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
         // A rule may have been added while the first bytes were awaited.
@@ -785,6 +870,83 @@ fn rule_verdict_locked(state: &mut State, flow: &Flow) -> Option<Verdict> {
         action,
         by: DecidedBy::Rule { rule: id },
     })
+}
+
+/// Allows the flow and notes, for the flow log, what the policy (or without one, the rules)
+/// would do with it.
+fn audit_verdict(shared: &Shared, flow: &Flow) -> Verdict {
+    let (expected, reason) = match &shared.decisions.policy {
+        Some(policy) => match policy.check(&facts_of(flow)) {
+            Ok(_) => (Expected::Allow, None),
+            Err(denial) => (Expected::Deny, Some(denial.to_string())),
+        },
+        None => match rule_verdict(shared, flow) {
+            Some(verdict) if verdict.action == Action::Allow => (Expected::Allow, None),
+            Some(Verdict {
+                by: DecidedBy::Rule { rule },
+                ..
+            }) => (Expected::Deny, Some(format!("rule {rule} denies it"))),
+            Some(_) => (Expected::Deny, None),
+            None => (Expected::Prompt, None),
+        },
+    };
+    if let Some(flow_log) = &shared.decisions.flow_log {
+        flow_log.expect(flow.connection, expected, reason);
+    }
+    Verdict {
+        action: Action::Allow,
+        by: DecidedBy::Audit { expected },
+    }
+}
+
+/// Allows the flow when a policy entry matches it and denies it otherwise, logging why.
+fn enforce_verdict(shared: &Shared, flow: &Flow) -> Verdict {
+    let Some(policy) = &shared.decisions.policy else {
+        // Config::validate rejects enforce mode without a policy, so this is unreachable;
+        // deny to stay closed all the same.
+        return Verdict {
+            action: Action::Deny,
+            by: DecidedBy::Policy { entry: None },
+        };
+    };
+    let (expected, reason, verdict) = match policy.check(&facts_of(flow)) {
+        Ok(entry) => (
+            Expected::Allow,
+            None,
+            Verdict {
+                action: Action::Allow,
+                by: DecidedBy::Policy { entry: Some(entry) },
+            },
+        ),
+        Err(denial) => {
+            let reason = denial.to_string();
+            warn!(%reason, "denied by policy");
+            (
+                Expected::Deny,
+                Some(reason),
+                Verdict {
+                    action: Action::Deny,
+                    by: DecidedBy::Policy { entry: None },
+                },
+            )
+        }
+    };
+    if let Some(flow_log) = &shared.decisions.flow_log {
+        flow_log.expect(flow.connection, expected, reason);
+    }
+    verdict
+}
+
+fn facts_of(flow: &Flow) -> FlowFacts<'_> {
+    let process = flow.process.as_ref();
+    FlowFacts {
+        executable: process.and_then(|process| process.executable.as_deref()),
+        script: process.and_then(|process| process.script.as_deref()),
+        host: flow.naming.host.as_deref(),
+        ip: flow.destination.ip(),
+        port: flow.destination.port(),
+        protocol: flow.protocol,
+    }
 }
 
 async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {

@@ -79,6 +79,9 @@ pub fn describe_event(event: &Event) -> String {
                 DecidedBy::User => "user".to_owned(),
                 DecidedBy::Timeout => "timeout".to_owned(),
                 DecidedBy::Limit => "held-connection limit".to_owned(),
+                DecidedBy::Audit { expected } => format!("audit, expected {expected}"),
+                DecidedBy::Policy { entry: Some(entry) } => format!("policy entry {entry}"),
+                DecidedBy::Policy { entry: None } => "policy".to_owned(),
             };
             format!("{action:<8} {flow} by {process} ({by})")
         }

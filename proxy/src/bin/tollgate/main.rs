@@ -10,9 +10,12 @@ use std::{path::PathBuf, process::ExitCode};
 use anyhow::bail;
 use clap::{Args as ClapArgs, Parser, Subcommand};
 use tollgate_proxy::{
+    audit,
     client::Client,
     config::DEFAULT_CONTROL_SOCKET,
+    policy::Policy,
     protocol::{PendingInfo, Request, Response},
+    report::{Summary, violations},
 };
 use tollgate_rules::{Action, LifetimeSpec};
 
@@ -53,6 +56,17 @@ enum Command {
     Rules(rules::RulesCommand),
     /// Show which rule decides a connection and why, or that it would prompt.
     Explain(explain::ExplainArgs),
+    /// Summarize a flow log per process and destination, and with --policy list the flows the
+    /// policy does not allow. Exits with 3 when there are any, so CI can fail on them. Needs
+    /// no running daemon.
+    Report {
+        /// Flow log written by `tollgated --audit` or `--enforce`.
+        #[arg(long, value_name = "FILE")]
+        audit_log: PathBuf,
+        /// Policy file to check every flow against (docs/policy.md).
+        #[arg(long, value_name = "FILE")]
+        policy: Option<PathBuf>,
+    },
     /// Stop diverting connections, without stopping the daemon: traffic passes unfiltered.
     Disable,
     /// Divert connections to the daemon again after `tollgate disable`.
@@ -106,8 +120,21 @@ impl DecideArgs {
     }
 }
 
+/// Exit status of `tollgate report` when a flow is outside the policy.
+const EXIT_POLICY_VIOLATED: u8 = 3;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Report { audit_log, policy } = &cli.command {
+        return match report(audit_log, policy.as_deref()) {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::from(EXIT_POLICY_VIOLATED),
+            Err(err) => {
+                eprintln!("error: {err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -148,6 +175,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules(command) => rules::run(&mut client, command).await?,
         Command::Explain(args) => explain::run(&mut client, args).await?,
         Command::Watch { json } => watch(&mut client, json).await?,
+        Command::Report { .. } => unreachable!("report runs without the daemon, in main"),
         Command::Disable => set_interception(&mut client, false).await?,
         Command::Enable => set_interception(&mut client, true).await?,
     }
@@ -160,6 +188,7 @@ async fn status(client: &mut Client) -> anyhow::Result<()> {
     };
     println!("tollgated {} (pid {})", status.version, status.pid);
     println!("  uptime:             {}s", status.uptime_secs);
+    println!("  mode:               {}", status.mode);
     println!(
         "  intercepting:       {}",
         if status.intercepting { "yes" } else { "no" }
@@ -262,4 +291,37 @@ async fn set_interception(client: &mut Client, enabled: bool) -> anyhow::Result<
         println!("interception disabled: traffic passes unfiltered until `tollgate enable`");
     }
     Ok(())
+}
+
+/// Prints the summary of the flow log and, with a policy, the flows outside it. Returns whether
+/// every flow is within the policy.
+fn report(
+    audit_log: &std::path::Path,
+    policy_path: Option<&std::path::Path>,
+) -> anyhow::Result<bool> {
+    let records = audit::read_records(audit_log)?;
+    print!("{}", Summary::from_records(&records));
+    let Some(policy_path) = policy_path else {
+        return Ok(true);
+    };
+    let policy = Policy::load(policy_path)?;
+    let found = violations(&records, &policy);
+    if found.is_empty() {
+        println!(
+            "\npolicy {}: all {} flow(s) allowed",
+            policy_path.display(),
+            records.len()
+        );
+        return Ok(true);
+    }
+    println!(
+        "\npolicy {}: {} destination(s) outside the policy",
+        policy_path.display(),
+        found.len()
+    );
+    for violation in &found {
+        println!("  {} -> {}", violation.process, violation.destination);
+        println!("      {}", violation.reason);
+    }
+    Ok(false)
 }
