@@ -140,7 +140,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     if let Some(interception) = shared.interception.lock().await.take()
         && let Err(err) = interception.remove().await
     {
-        error!(error = %format!("{err:#}"), "failed to remove interception");
+        error!(error = %error_chain(&err), "failed to remove interception");
     }
     // The resolver stops only now, so no diverted query found its socket missing.
     drop(dns);
@@ -182,6 +182,18 @@ pub fn lock_network_namespace() -> anyhow::Result<std::fs::File> {
         return Err(err).with_context(|| format!("failed to lock {}", path.display()));
     }
     Ok(file)
+}
+
+/// Formats an error with each of its causes, as `{:#}` does for `anyhow` errors.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// Directory of the per-namespace daemon locks.
@@ -514,10 +526,10 @@ impl Shared {
                 )
                 .await
                 .map_err(|err| {
-                    error!(error = %format!("{err:#}"), "failed to install interception");
+                    error!(error = %error_chain(&err), "failed to install interception");
                     (
                         ErrorCode::Internal,
-                        format!("failed to enable interception: {err:#}"),
+                        format!("failed to enable interception: {}", error_chain(&err)),
                     )
                 })?;
                 *interception = Some(installed);
@@ -525,7 +537,7 @@ impl Shared {
             }
             (false, Some(installed)) => {
                 if let Err(err) = installed.remove().await {
-                    error!(error = %format!("{err:#}"), "failed to remove interception");
+                    error!(error = %error_chain(&err), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
                     let allowed = self.kernel_allows();
                     *interception = Interception::install(
@@ -537,7 +549,7 @@ impl Shared {
                     .ok();
                     return Err((
                         ErrorCode::Internal,
-                        format!("failed to disable interception: {err:#}"),
+                        format!("failed to disable interception: {}", error_chain(&err)),
                     ));
                 }
                 warn!("interception disabled by control request; traffic passes unfiltered");
@@ -668,7 +680,7 @@ async fn keep_kernel_state(shared: Arc<Shared>) {
             // Logged once per run of failures, since it repeats every second.
             Err(err) if !failing => {
                 failing = true;
-                error!(error = %format!("{err:#}"), "failed to update the kernel's state");
+                error!(error = %error_chain(&err), "failed to update the kernel's state");
             }
             Err(_) => {}
         }
