@@ -18,6 +18,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::{
     daemon::{RequestError, Shared},
+    decision::Decision,
     protocol::{ErrorCode, MAX_REQUEST_LINE, PROTOCOL_VERSION, Request, RequestEnvelope, Response},
 };
 
@@ -173,12 +174,33 @@ fn handle(shared: &Shared, request: Request) -> Response {
             id,
             action,
             lifetime,
-        } => shared.decide(id, action, lifetime),
+            scope,
+            port,
+            expires_after_secs,
+            until_process_exits,
+        } => shared.decide(Decision {
+            id,
+            action,
+            lifetime,
+            scope,
+            port,
+            expires_after_secs,
+            until_process_exits,
+        }),
         Request::ListRules => Ok(Response::Rules {
             rules: shared.rules(),
         }),
         Request::AddRule { rule } => shared.add_rule(rule),
         Request::RemoveRule { id } => shared.remove_rule(id),
+        Request::UpdateRule {
+            id,
+            enabled,
+            lifetime,
+            expires_after_secs,
+        } => shared.update_rule(id, enabled, lifetime, expires_after_secs),
+        Request::ListConnections => Ok(Response::Connections {
+            connections: shared.connections(),
+        }),
         // Handled by the caller, which turns the connection into an event stream.
         Request::Watch => Ok(Response::Watching),
     };
@@ -310,11 +332,7 @@ mod tests {
         let envelope = parse_request(line).unwrap();
         assert_eq!(
             envelope.request,
-            Request::Decide {
-                id: 3,
-                action: Action::Allow,
-                lifetime: Lifetime::Forever
-            }
+            Request::decide(3, Action::Allow, Lifetime::Forever)
         );
     }
 

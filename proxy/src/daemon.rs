@@ -2,6 +2,7 @@
 //! and serves the control socket.
 
 use std::{
+    collections::HashMap,
     future::Future,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
@@ -16,30 +17,35 @@ use tokio::{
     net::{TcpListener, TcpStream},
     sync::{broadcast, oneshot},
 };
-use tollgate_rules::{
-    Action, AddressMatch, Connection, Destination, Lifetime, PortMatch, Protocol, ProtocolMatch,
-    Rule, RuleId, RuleSet, RuleStore, Subject,
-};
+use tollgate_rules::{Action, Connection, Protocol, RuleId, RuleSet, RuleStore};
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::{
     attribution::{NoAttribution, OwnerLookup},
     config::Config,
     control::{self, ControlListener},
+    counting::CountingStream,
+    expiry::Expiry,
     firewall::Interception,
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, NewRule, PendingInfo, ProcessInfo, Response,
-        StatusInfo,
+        ConnectionInfo, ConnectionState, DecidedBy, ErrorCode, Event, EventKind, PendingInfo,
+        ProcessInfo, StatusInfo,
     },
+    tracking::{ByteCounters, ConnectionTable},
     transparent,
 };
+
+mod requests;
 
 /// Number of events buffered for each watcher before it starts missing some.
 const EVENT_BUFFER: usize = 4096;
 
 /// Size of each relay buffer, per direction.
 const RELAY_BUFFER: usize = 64 * 1024;
+
+/// How often rules with an expiry are checked.
+const EXPIRY_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Runs the daemon until `shutdown` completes, then removes the interception and the control
 /// socket.
@@ -73,6 +79,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         tasks.spawn(accept_loop(Arc::clone(&shared), listener));
     }
     tasks.spawn(control.serve(Arc::clone(&shared)));
+    tasks.spawn(expire_loop(Arc::clone(&shared)));
 
     shutdown.await;
     info!("shutting down");
@@ -118,10 +125,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
+/// Removes expired rules every [`EXPIRY_INTERVAL`].
+async fn expire_loop(shared: Arc<Shared>) {
+    let mut interval = tokio::time::interval(EXPIRY_INTERVAL);
+    loop {
+        interval.tick().await;
+        shared.expire_rules();
+    }
+}
+
 /// State shared by the connection tasks and the control socket.
 pub struct Shared {
     config: Config,
     state: Mutex<State>,
+    connections: Mutex<ConnectionTable>,
     store: RuleStore,
     events: broadcast::Sender<Event>,
     next_connection: AtomicU64,
@@ -136,6 +153,8 @@ pub struct Shared {
 struct State {
     rules: RuleSet,
     pending: PendingTable,
+    /// Conditions that remove until-restart rules early, by rule.
+    expiries: HashMap<RuleId, Expiry>,
 }
 
 /// A failed control request: the code and message sent back to the client.
@@ -149,7 +168,9 @@ impl Shared {
             state: Mutex::new(State {
                 rules,
                 pending: PendingTable::new(),
+                expiries: HashMap::new(),
             }),
+            connections: Mutex::new(ConnectionTable::new()),
             store,
             events,
             next_connection: AtomicU64::new(1),
@@ -182,9 +203,9 @@ impl Shared {
         self.lock().pending.list()
     }
 
-    /// Returns every rule in precedence order.
-    pub fn rules(&self) -> Vec<Rule> {
-        self.lock().rules.iter().cloned().collect()
+    /// Returns the connections in progress and the most recently ended ones.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.track().list()
     }
 
     /// Subscribes to connection events.
@@ -192,106 +213,18 @@ impl Shared {
         self.events.subscribe()
     }
 
-    /// Settles pending request `id` with `action`, adding a rule for it unless `lifetime` is
-    /// once. A stored rule is on disk before this returns.
-    pub fn decide(
-        &self,
-        id: u64,
-        action: Action,
-        lifetime: Lifetime,
-    ) -> Result<Response, RequestError> {
-        let mut state = self.lock();
-        let Some(info) = state.pending.list().into_iter().find(|info| info.id == id) else {
-            return Err((
-                ErrorCode::NotFound,
-                format!("no pending request with id {id}; list them with `tollgate pending`"),
-            ));
-        };
-        let rule = match lifetime {
-            Lifetime::Once => None,
-            _ => {
-                let rule = rule_for_pending(&info, action, lifetime, state.rules.next_id());
-                self.add_rule_locked(&mut state, rule.clone())?;
-                Some(rule)
-            }
-        };
-
-        let verdict = Verdict {
-            action,
-            by: DecidedBy::User,
-        };
-        let mut settled = match state.pending.take(id) {
-            Some(group) => group.settle(verdict),
-            None => 0,
-        };
-        settled += settle_decided(&mut state);
-        info!(pending = id, %action, %lifetime, settled, "pending request decided");
-        Ok(Response::Decided { settled, rule })
-    }
-
-    /// Adds a rule from a client and settles the pending requests it decides.
-    pub fn add_rule(&self, new: NewRule) -> Result<Response, RequestError> {
-        if new.lifetime == Lifetime::Once {
-            return Err((
-                ErrorCode::Invalid,
-                "a rule cannot have lifetime once; use until_restart or forever".into(),
-            ));
-        }
-        let mut state = self.lock();
-        let rule = Rule {
-            id: state.rules.next_id(),
-            subject: new.subject,
-            destination: new.destination,
-            action: new.action,
-            lifetime: new.lifetime,
-            enabled: true,
-            note: new.note,
-            created_unix: unix_ms(SystemTime::now()) / 1000,
-        };
-        self.add_rule_locked(&mut state, rule.clone())?;
-        let settled = settle_decided(&mut state);
-        info!(rule = %rule.id, action = %rule.action, lifetime = %rule.lifetime, "rule added");
-        Ok(Response::RuleAdded { rule, settled })
-    }
-
-    /// Removes a rule, from the store too when it is stored.
-    pub fn remove_rule(&self, id: RuleId) -> Result<Response, RequestError> {
-        let mut state = self.lock();
-        let Some(rule) = state.rules.get(id).cloned() else {
-            return Err((
-                ErrorCode::NotFound,
-                format!("no rule with id {id}; list them with `tollgate rules list`"),
-            ));
-        };
-        if rule.lifetime == Lifetime::Forever {
-            self.store.remove(id).map_err(|err| {
-                error!(rule = %id, error = %err, "failed to remove stored rule");
-                (
-                    ErrorCode::Internal,
-                    format!("failed to remove rule {id}: {err}"),
-                )
-            })?;
-        }
-        state.rules.remove(id);
-        info!(rule = %id, "rule removed");
-        Ok(Response::RuleRemoved { id })
-    }
-
-    fn add_rule_locked(&self, state: &mut State, rule: Rule) -> Result<(), RequestError> {
-        if rule.lifetime == Lifetime::Forever {
-            self.store.insert(&rule).map_err(|err| {
-                error!(rule = %rule.id, error = %err, "failed to store rule");
-                (ErrorCode::Internal, format!("failed to store rule: {err}"))
-            })?;
-        }
-        state.rules.insert(rule);
-        Ok(())
-    }
-
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock leaves consistent data: every critical section
         // either completes its change or makes none, so the poison flag is ignored.
         self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn track(&self) -> MutexGuard<'_, ConnectionTable> {
+        // Every change to the table is a single insert, update or move, so a panic cannot
+        // leave it half-changed and the poison flag is ignored.
+        self.connections
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -310,67 +243,6 @@ impl Shared {
     }
 }
 
-/// Settles every pending request that the current rules decide. Returns the number of
-/// connections settled.
-fn settle_decided(state: &mut State) -> usize {
-    let State { rules, pending } = state;
-    let mut verdicts = Vec::new();
-    let groups = pending.take_matching(|info| match rules.decide(&connection_of(info)) {
-        Some(rule) => {
-            verdicts.push(Verdict {
-                action: rule.action,
-                by: DecidedBy::Rule { rule: rule.id },
-            });
-            true
-        }
-        None => false,
-    });
-    groups
-        .into_iter()
-        .zip(verdicts)
-        .map(|(group, verdict)| group.settle(verdict))
-        .sum()
-}
-
-fn connection_of(info: &PendingInfo) -> Connection<'_> {
-    Connection {
-        executable: info
-            .process
-            .as_ref()
-            .and_then(|process| process.executable.as_deref()),
-        ip: info.destination.ip(),
-        port: info.destination.port(),
-        protocol: info.protocol,
-    }
-}
-
-/// Builds the rule that a decision on a pending request creates: this executable (or any
-/// process when unknown), this address, port and protocol.
-fn rule_for_pending(info: &PendingInfo, action: Action, lifetime: Lifetime, id: RuleId) -> Rule {
-    let subject = match info.process.as_ref().and_then(|p| p.executable.clone()) {
-        Some(path) => Subject::Executable(path),
-        None => Subject::Any,
-    };
-    let protocol = match info.protocol {
-        Protocol::Tcp => ProtocolMatch::Tcp,
-        Protocol::Udp => ProtocolMatch::Udp,
-    };
-    Rule {
-        id,
-        subject,
-        destination: Destination {
-            address: AddressMatch::Ip(info.destination.ip()),
-            port: PortMatch::Port(info.destination.port()),
-            protocol,
-        },
-        action,
-        lifetime,
-        enabled: true,
-        note: format!("answer to pending request {}", info.id),
-        created_unix: unix_ms(SystemTime::now()) / 1000,
-    }
-}
-
 /// The identity of one diverted connection.
 struct Flow {
     connection: u64,
@@ -378,6 +250,26 @@ struct Flow {
     source: SocketAddr,
     destination: SocketAddr,
     protocol: Protocol,
+}
+
+impl Flow {
+    fn info(&self) -> ConnectionInfo {
+        ConnectionInfo {
+            connection: self.connection,
+            process: self.process.clone(),
+            source: self.source,
+            destination: self.destination,
+            protocol: self.protocol,
+            state: ConnectionState::Pending,
+            pending_id: None,
+            decided_by: None,
+            started_unix_ms: unix_ms(SystemTime::now()),
+            ended_unix_ms: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            error: None,
+        }
+    }
 }
 
 async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
@@ -400,9 +292,13 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         None => "unknown process".to_owned(),
     };
     let span = info_span!("connection", id = flow.connection, %source, %destination, %process);
+    let bytes = shared.track().open(flow.info());
     async move {
         let verdict = verdict_for(&shared, &flow).await;
         debug!(action = %verdict.action, by = ?verdict.by, "verdict");
+        shared
+            .track()
+            .decide(flow.connection, verdict.action, verdict.by);
         shared.emit(
             &flow,
             EventKind::Decided {
@@ -410,10 +306,15 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
                 by: verdict.by,
             },
         );
-        match verdict.action {
-            Action::Allow => relay(&shared, &flow, stream).await,
-            Action::Deny => transparent::reset(stream),
-        }
+        let error = match verdict.action {
+            Action::Allow => relay(&shared, &flow, stream, bytes).await,
+            Action::Deny => {
+                transparent::reset(stream);
+                None
+            }
+        };
+        let now = unix_ms(SystemTime::now());
+        shared.track().end(flow.connection, now, error);
     }
     .instrument(span)
     .await;
@@ -452,6 +353,7 @@ async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
         (pending_id, receiver)
     };
     debug!(pending = pending_id, "connection held");
+    shared.track().hold(flow.connection, pending_id);
     shared.emit(flow, EventKind::Held { pending_id });
 
     let timeout = shared.config.prompt_timeout();
@@ -475,22 +377,28 @@ async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
     }
 }
 
-async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {
+/// Relays an allowed connection and returns the reason it failed, if it did.
+async fn relay(
+    shared: &Shared,
+    flow: &Flow,
+    client: TcpStream,
+    bytes: ByteCounters,
+) -> Option<String> {
     let timeout = shared.config.upstream_connect_timeout();
     let mark = shared.config.interception.bypass_mark;
-    let mut upstream = match transparent::connect_upstream(flow.destination, mark, timeout).await {
+    let upstream = match transparent::connect_upstream(flow.destination, mark, timeout).await {
         Ok(upstream) => upstream,
         Err(err) => {
             info!(error = %err, "upstream connect failed; resetting client");
             transparent::reset(client);
-            shared.emit(
-                flow,
-                closed(0, 0, Some(format!("upstream connect failed: {err}"))),
-            );
-            return;
+            let error = format!("upstream connect failed: {err}");
+            shared.emit(flow, closed(0, 0, Some(error.clone())));
+            return Some(error);
         }
     };
 
+    let mut client = CountingStream::new(client, Arc::clone(&bytes.up));
+    let mut upstream = CountingStream::new(upstream, Arc::clone(&bytes.down));
     shared.active.fetch_add(1, Ordering::Relaxed);
     let result = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
@@ -501,17 +409,22 @@ async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {
     .await;
     shared.active.fetch_sub(1, Ordering::Relaxed);
 
+    let up = bytes.up.load(Ordering::Relaxed);
+    let down = bytes.down.load(Ordering::Relaxed);
     match result {
-        Ok((up, down)) => {
+        Ok(_) => {
             debug!(bytes_up = up, bytes_down = down, "relay finished");
             shared.emit(flow, closed(up, down, None));
+            None
         }
         Err(err) => {
             // Mirror a reset or failure on either side as a reset of both.
             debug!(error = %err, "relay failed; resetting both sides");
-            transparent::reset(client);
-            transparent::reset(upstream);
-            shared.emit(flow, closed(0, 0, Some(format!("relay failed: {err}"))));
+            transparent::reset(client.into_inner());
+            transparent::reset(upstream.into_inner());
+            let error = format!("relay failed: {err}");
+            shared.emit(flow, closed(up, down, Some(error.clone())));
+            Some(error)
         }
     }
 }

@@ -27,6 +27,47 @@ pub struct RequestEnvelope {
     pub request: Request,
 }
 
+impl Request {
+    /// Returns a decision on pending request `id` that covers its own destination only, as the
+    /// `tollgate allow` and `deny` commands make.
+    pub fn decide(id: u64, action: Action, lifetime: Lifetime) -> Self {
+        Self::Decide {
+            id,
+            action,
+            lifetime,
+            scope: Scope::Host,
+            port: PortScope::This,
+            expires_after_secs: None,
+            until_process_exits: false,
+        }
+    }
+}
+
+/// Destinations a decision on a pending request covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The request's destination address.
+    #[default]
+    Host,
+    /// The request's domain and its subdomains. The daemon rejects it as `invalid` until rules
+    /// can match domains.
+    Domain,
+    /// Every destination address.
+    AnyHost,
+}
+
+/// Ports a decision on a pending request covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortScope {
+    /// The request's destination port.
+    #[default]
+    This,
+    /// Every port.
+    Any,
+}
+
 impl RequestEnvelope {
     /// Wraps a request in an envelope of the current protocol version.
     pub fn new(request: Request) -> Self {
@@ -46,6 +87,9 @@ pub enum Request {
     /// Lists the pending requests.
     ListPending,
     /// Settles a pending request, and with a lifetime other than once, adds a rule for it.
+    ///
+    /// A wider `scope` or `port` also settles the other pending requests that the wider
+    /// decision covers, with lifetime once too.
     Decide {
         /// The pending request to settle.
         id: u64,
@@ -53,6 +97,19 @@ pub enum Request {
         action: Action,
         /// How long the decision lasts.
         lifetime: Lifetime,
+        /// Destinations the decision covers; the request's own address when absent.
+        #[serde(default)]
+        scope: Scope,
+        /// Ports the decision covers; the request's own port when absent.
+        #[serde(default)]
+        port: PortScope,
+        /// Seconds after which the rule is removed; only with lifetime `until_restart`.
+        #[serde(default)]
+        expires_after_secs: Option<u64>,
+        /// Removes the rule when the requesting process exits; only with lifetime
+        /// `until_restart` and a known process.
+        #[serde(default)]
+        until_process_exits: bool,
     },
     /// Lists the rules in force.
     ListRules,
@@ -66,6 +123,22 @@ pub enum Request {
         /// The rule to remove.
         id: RuleId,
     },
+    /// Enables or disables a rule, or changes its lifetime. Absent fields stay as they are.
+    UpdateRule {
+        /// The rule to change.
+        id: RuleId,
+        /// Whether the rule matches connections.
+        #[serde(default)]
+        enabled: Option<bool>,
+        /// The new lifetime: `until_restart` or `forever`. A new lifetime drops any expiry.
+        #[serde(default)]
+        lifetime: Option<Lifetime>,
+        /// Seconds from now after which the rule is removed; needs lifetime `until_restart`.
+        #[serde(default)]
+        expires_after_secs: Option<u64>,
+    },
+    /// Lists the connections in progress and the most recently ended ones.
+    ListConnections,
     /// Streams connection events until the client disconnects.
     Watch,
 }
@@ -104,12 +177,12 @@ pub enum Response {
         /// rule also matched.
         settled: usize,
         /// The rule created, when the lifetime was not once.
-        rule: Option<Rule>,
+        rule: Option<RuleInfo>,
     },
     /// Reply to [`Request::ListRules`].
     Rules {
         /// Every rule, in precedence order.
-        rules: Vec<Rule>,
+        rules: Vec<RuleInfo>,
     },
     /// Reply to [`Request::AddRule`].
     RuleAdded {
@@ -122,6 +195,16 @@ pub enum Response {
     RuleRemoved {
         /// The rule that was removed.
         id: RuleId,
+    },
+    /// Reply to [`Request::UpdateRule`].
+    RuleUpdated {
+        /// The rule as it is now.
+        rule: RuleInfo,
+    },
+    /// Reply to [`Request::ListConnections`].
+    Connections {
+        /// Connections in progress, then recently ended ones, each group oldest first.
+        connections: Vec<ConnectionInfo>,
     },
     /// First reply to [`Request::Watch`]; events follow.
     Watching,
@@ -190,6 +273,63 @@ pub struct ProcessInfo {
     pub comm: String,
     /// Executable path, when known.
     pub executable: Option<PathBuf>,
+}
+
+/// A rule with the daemon's expiry conditions for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RuleInfo {
+    /// The rule.
+    #[serde(flatten)]
+    pub rule: Rule,
+    /// Time at which the daemon removes the rule, in milliseconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_unix_ms: Option<u64>,
+    /// Process id whose exit removes the rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_exit_of: Option<u32>,
+}
+
+/// What happened to a connection so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Held, waiting for a decision.
+    Pending,
+    /// Allowed: relayed, or failed to reach its destination.
+    Allowed,
+    /// Denied and reset.
+    Denied,
+}
+
+/// One diverted connection as [`Request::ListConnections`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// Connection identifier, as in events.
+    pub connection: u64,
+    /// The process, or `None` when it is unknown.
+    pub process: Option<ProcessInfo>,
+    /// Source address.
+    pub source: SocketAddr,
+    /// Original destination.
+    pub destination: SocketAddr,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The verdict so far.
+    pub state: ConnectionState,
+    /// The pending request holding the connection, while it is pending.
+    pub pending_id: Option<u64>,
+    /// Who decided, once decided.
+    pub decided_by: Option<DecidedBy>,
+    /// Start of the connection, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// End of the connection, in milliseconds since the Unix epoch; `None` while it is open.
+    pub ended_unix_ms: Option<u64>,
+    /// Bytes relayed from the client to the destination so far.
+    pub bytes_up: u64,
+    /// Bytes relayed from the destination to the client so far.
+    pub bytes_down: u64,
+    /// Reason the relay failed, if it did.
+    pub error: Option<String>,
 }
 
 /// A pending request: one or more identical held connections waiting for a decision.

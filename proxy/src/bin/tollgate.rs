@@ -210,17 +210,13 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn decide(client: &mut Client, args: &DecideArgs, action: Action) -> anyhow::Result<()> {
-    let request = Request::Decide {
-        id: args.id,
-        action,
-        lifetime: args.lifetime(),
-    };
+    let request = Request::decide(args.id, action, args.lifetime());
     let Response::Decided { settled, rule } = expect(client.request(request).await?)? else {
         bail!("unexpected reply to {action}");
     };
     println!("{action}: {settled} connection(s) settled");
     if let Some(rule) = rule {
-        println!("added rule {}: {}", rule.id, describe_rule(&rule));
+        println!("added rule {}: {}", rule.rule.id, describe_rule(&rule.rule));
     }
     Ok(())
 }
@@ -238,8 +234,15 @@ async fn rules(client: &mut Client, command: RulesCommand) -> anyhow::Result<()>
                 println!("no rules");
             } else {
                 println!("{:<5} {:<6} {:<14} RULE", "ID", "ACTION", "LIFETIME");
-                for rule in &rules {
-                    let lifetime = rule.lifetime.to_string();
+                for info in &rules {
+                    let rule = &info.rule;
+                    let lifetime = if info.expires_unix_ms.is_some() {
+                        "until-expiry".to_owned()
+                    } else if info.until_exit_of.is_some() {
+                        "until-exit".to_owned()
+                    } else {
+                        rule.lifetime.to_string()
+                    };
                     println!(
                         "{:<5} {:<6} {:<14} {}",
                         rule.id.0,
