@@ -260,6 +260,7 @@ impl Flow {
             source: self.source,
             destination: self.destination,
             protocol: self.protocol,
+            domain: None,
             state: ConnectionState::Pending,
             pending_id: None,
             decided_by: None,

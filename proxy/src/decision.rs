@@ -147,6 +147,8 @@ mod tests {
             protocol: Protocol::Tcp,
             started_unix_ms: 0,
             connections: 1,
+            domain: None,
+            name_source: None,
         }
     }
 

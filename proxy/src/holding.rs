@@ -125,6 +125,8 @@ impl PendingTable {
             protocol: hold.protocol,
             started_unix_ms: unix_ms(hold.started),
             connections: 1,
+            domain: None,
+            name_source: None,
         };
         self.groups.insert(
             id,

@@ -314,6 +314,10 @@ pub struct ConnectionInfo {
     pub destination: SocketAddr,
     /// Transport protocol.
     pub protocol: Protocol,
+    /// The domain name the program looked up for the destination address, when known; always
+    /// absent until the daemon learns names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
     /// The verdict so far.
     pub state: ConnectionState,
     /// The pending request holding the connection, while it is pending.
@@ -349,6 +353,14 @@ pub struct PendingInfo {
     pub started_unix_ms: u64,
     /// Number of connections held for this request.
     pub connections: usize,
+    /// The domain name the program looked up for the destination address, when known.
+    ///
+    /// NOTE: the daemon does not learn names yet, so this is always absent for now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    /// How the daemon learned `domain`, such as `dns` for an answer its resolver relayed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name_source: Option<String>,
 }
 
 /// A connection event streamed to watchers.

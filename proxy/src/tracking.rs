@@ -120,6 +120,7 @@ mod tests {
             source: "10.0.0.2:40000".parse().unwrap(),
             destination: "203.0.113.10:80".parse().unwrap(),
             protocol: Protocol::Tcp,
+            domain: None,
             state: ConnectionState::Pending,
             pending_id: None,
             decided_by: None,
