@@ -149,7 +149,10 @@ impl App {
     /// Returns why the daemon cannot be reached, for a banner.
     pub fn banner(&self) -> Option<String> {
         match &self.link {
-            LinkState::Connected => self.error.clone(),
+            _ if self.error.is_some() && !matches!(self.link, LinkState::Down(_)) => {
+                self.error.clone()
+            }
+            LinkState::Connected => None,
             LinkState::Connecting => Some("Connecting to tollgated…".to_owned()),
             LinkState::Down(reason) => Some(format!(
                 "Cannot reach tollgated: {reason}. Start it with `sudo tollgated`; \
@@ -246,11 +249,25 @@ impl App {
             }
             self.show(WindowKind::Prompt(key), effects);
         }
-        let stale = self.windows.iter().filter(|(_, kind)| match kind {
-            WindowKind::Prompt(key) => !self.prompts.contains_key(key),
-            _ => false,
-        });
-        effects.close.extend(stale.map(|(id, _)| *id));
+        let stale: Vec<window::Id> = self
+            .windows
+            .iter()
+            .filter(|(_, kind)| match kind {
+                WindowKind::Prompt(key) => !self.prompts.contains_key(key),
+                _ => false,
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in stale {
+            self.close(id, effects);
+        }
+    }
+
+    /// Closes window `id` and forgets it at once, so that a prompt needed again for the same
+    /// application opens a new window.
+    fn close(&mut self, id: window::Id, effects: &mut Effects) {
+        self.windows.remove(&id);
+        effects.close.push(id);
     }
 
     fn label(&mut self, key: &AppKey) -> AppLabel {
@@ -308,7 +325,7 @@ impl App {
             self.prompts.remove(key);
         }
         effects.requests = requests;
-        effects.close.push(id);
+        self.close(id, effects);
     }
 
     fn focus(&mut self, id: window::Id, focused: bool) {

@@ -56,10 +56,10 @@ pub fn process(process: Option<&ProcessInfo>) -> String {
 /// Returns a countdown such as `1 min 5 s` for a number of milliseconds, rounded up.
 pub fn countdown(remaining_ms: u64) -> String {
     let secs = remaining_ms.div_ceil(1000);
-    if secs < 60 {
-        format!("{secs} s")
-    } else {
-        format!("{} min {} s", secs / 60, secs % 60)
+    match (secs / 60, secs % 60) {
+        (0, secs) => format!("{secs} s"),
+        (minutes, 0) => format!("{minutes} min"),
+        (minutes, secs) => format!("{minutes} min {secs} s"),
     }
 }
 
@@ -84,6 +84,7 @@ mod tests {
     #[test]
     fn countdown_rounds_up() {
         assert_eq!(countdown(41_200), "42 s");
+        assert_eq!(countdown(60_000), "1 min");
         assert_eq!(countdown(65_000), "1 min 5 s");
     }
 }
