@@ -33,6 +33,7 @@ fn burst_opens_one_prompt() {
     let prompt = app.prompt_in(id).unwrap();
     let mut ui = simulate(view::view(prompt, app.countdown()));
     assert_shows(&mut ui, "unknown process");
+    assert_shows(&mut ui, "executable, pid and user not known yet");
     assert_shows(&mut ui, "wants to open 5 connections to 2 destinations:");
     assert_shows(&mut ui, "203.0.113.10 (name unknown)");
     assert_shows(&mut ui, "port 443 TCP, 3 connections");

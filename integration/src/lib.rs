@@ -15,6 +15,7 @@
 //! - [`pattern`]: the byte pattern of the bulk server.
 //! - [`binary`]: [`workspace_binary`], which finds `tollgated`, `tollgate` and `lab-server`;
 //! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk.
+//! - [`display`]: [`display::VirtualDisplay`], an Xvfb server for tests of `tollgate-ui`.
 //!
 //! ```no_run
 //! use tollgate_integration::{Lab, topology::SERVER_A_V4};
@@ -34,6 +35,7 @@
 pub mod binary;
 pub mod client;
 pub mod daemon;
+pub mod display;
 pub mod lab;
 pub mod netns;
 pub mod pattern;

@@ -60,7 +60,11 @@ fn header(prompt: &Prompt) -> Element<'_, PromptMessage> {
                 weight: iced::font::Weight::Bold,
                 ..Font::DEFAULT
             }),
-            text(format::process(process)).size(14),
+            text(match process {
+                Some(process) => format::process(Some(process)),
+                None => "executable, pid and user not known yet".to_owned(),
+            })
+            .size(14),
         ]
         .spacing(4),
     ]
