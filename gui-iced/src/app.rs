@@ -51,7 +51,7 @@ pub enum Message {
     Closed(window::Id),
 }
 
-/// What an update asks of the outside world.
+/// Work an update leaves to the outside world.
 #[derive(Debug, Default, PartialEq)]
 pub struct Effects {
     /// Requests to send to the daemon, in order.
@@ -86,9 +86,9 @@ pub struct App {
     pub monitor: Monitor,
     /// The rules window's state.
     pub rules: RulesView,
-    /// Why the last change to rules or connections failed.
+    /// Reason the last change to rules or connections failed.
     pub error: Option<String>,
-    /// Why decisions on pending requests failed, by request, until their prompt shows it.
+    /// Reasons decisions on pending requests failed, by request, until their prompt shows them.
     failed_decisions: HashMap<u64, String>,
     windows: BTreeMap<window::Id, WindowKind>,
     /// Pending requests answered here or whose prompt was closed: not shown again.
@@ -263,8 +263,8 @@ impl App {
         }
     }
 
-    /// Closes window `id` and forgets it at once, so that a prompt needed again for the same
-    /// application opens a new window.
+    /// Closes window `id` and removes it from the window table at once, so that a prompt needed
+    /// again for the same application opens a new window.
     fn close(&mut self, id: window::Id, effects: &mut Effects) {
         self.windows.remove(&id);
         effects.close.push(id);

@@ -9,7 +9,7 @@ use std::{
 
 use iced::widget::image;
 
-/// What a `.desktop` file tells about an application.
+/// Name and icon of an application, from its `.desktop` file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DesktopEntry {
     /// The `Name` key: the name people know the application by.
@@ -18,7 +18,7 @@ pub struct DesktopEntry {
     pub icon: Option<PathBuf>,
 }
 
-/// Looks up applications in directories of `.desktop` files, caching the answers.
+/// Looks up applications in directories of `.desktop` files, caching the results.
 #[derive(Debug)]
 pub struct AppDirectory {
     entry_dirs: Vec<PathBuf>,

@@ -1,7 +1,7 @@
 //! Tollgate's desktop interface, `tollgate-ui`: prompts, a live connection monitor and a rule
 //! editor, talking to `tollgated` over its control socket.
 //!
-//! - [`app`] holds the whole state and its update function. It opens no window and no socket:
+//! - [`app`] contains the whole state and its update function. It opens no window and no socket:
 //!   each update returns the requests to send and the windows to open or close, so every flow
 //!   is testable without a display or a daemon.
 //! - [`prompt`], [`monitor`] and [`rules`] each hold one window's state and view.

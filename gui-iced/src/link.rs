@@ -36,12 +36,12 @@ impl RequestSender {
     }
 }
 
-/// What the link task reports to the interface.
+/// Report of the link task to the interface.
 #[derive(Debug, Clone)]
 pub enum LinkEvent {
     /// Connected; requests go through this sender until the next `Disconnected`.
     Connected(RequestSender),
-    /// The daemon cannot be reached; the text says why. The task keeps retrying.
+    /// The daemon cannot be reached, for the reason given. The task keeps retrying.
     Disconnected(String),
     /// The daemon's status.
     Status(StatusInfo),
@@ -79,7 +79,8 @@ pub fn connect(socket: &PathBuf) -> impl Stream<Item = LinkEvent> + use<> {
                 Err(err) => err.to_string(),
             };
             if last_error.as_ref() != Some(&reason) {
-                warn!(socket = %socket.display(), error = %reason, "tollgated unreachable; retrying");
+                let path = socket.display();
+                warn!(socket = %path, error = %reason, "tollgated unreachable; retrying");
                 last_error = Some(reason.clone());
             }
             if output.send(LinkEvent::Disconnected(reason)).await.is_err() {

@@ -20,7 +20,7 @@ use crate::{
     monitor, prompt, rules, x11,
 };
 
-/// How the interface starts.
+/// Start-up options.
 #[derive(Debug, Clone)]
 pub struct Options {
     /// The daemon's control socket.
@@ -113,7 +113,7 @@ fn update_app(shell: &mut Shell, message: Message) -> Task<ShellMessage> {
 }
 
 /// Opens a window. Prompts open hidden, so that they can be marked as not to be focused
-/// before they appear; the other windows were asked for and open normally.
+/// before they appear. The other windows open normally, because the person requested them.
 fn open(shell: &mut Shell, kind: WindowKind) -> Task<ShellMessage> {
     let is_prompt = matches!(kind, WindowKind::Prompt(_));
     let (id, opened) = window::open(settings(&kind));

@@ -1,6 +1,6 @@
 //! Keeps new prompt windows from taking the keyboard focus on X11.
 //!
-//! The Extended Window Manager Hints say that a window mapped with `_NET_WM_USER_TIME` set to
+//! The Extended Window Manager Hints define that a window mapped with `_NET_WM_USER_TIME` set to
 //! 0 should not be given the focus when it appears. Prompt windows are created hidden, get
 //! that property here, and only then are shown.
 

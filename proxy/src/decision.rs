@@ -85,7 +85,7 @@ pub fn rule_for_pending(
     })
 }
 
-/// Returns the expiry `decision` asks for, or an error when it does not fit its lifetime or
+/// Returns the expiry that `decision` requests, or an error when it does not fit its lifetime or
 /// process.
 pub fn expiry_for(
     info: &PendingInfo,

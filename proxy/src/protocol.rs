@@ -289,7 +289,7 @@ pub struct RuleInfo {
     pub until_exit_of: Option<u32>,
 }
 
-/// What happened to a connection so far.
+/// State of a connection's verdict.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionState {
@@ -322,7 +322,7 @@ pub struct ConnectionInfo {
     pub state: ConnectionState,
     /// The pending request holding the connection, while it is pending.
     pub pending_id: Option<u64>,
-    /// Who decided, once decided.
+    /// Origin of the verdict, once decided.
     pub decided_by: Option<DecidedBy>,
     /// Start of the connection, in milliseconds since the Unix epoch.
     pub started_unix_ms: u64,
@@ -358,7 +358,7 @@ pub struct PendingInfo {
     /// NOTE: the daemon does not learn names yet, so this is always absent for now.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub domain: Option<String>,
-    /// How the daemon learned `domain`, such as `dns` for an answer its resolver relayed.
+    /// Source of `domain`, such as `dns` for a name from a DNS response the resolver relayed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name_source: Option<String>,
 }

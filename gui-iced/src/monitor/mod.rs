@@ -14,7 +14,7 @@ use tollgate_rules::{
 
 use crate::format;
 
-/// Which connections the monitor lists.
+/// Filter on connection state.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum StateFilter {
     /// Every connection.
@@ -66,7 +66,7 @@ pub enum MonitorMessage {
     OpenRules,
 }
 
-/// The connections the monitor knows and what it shows of them.
+/// Connections as the daemon last reported them, and the search and filter over them.
 #[derive(Debug, Default)]
 pub struct Monitor {
     /// Connections as the daemon last listed them, updated by events in between.

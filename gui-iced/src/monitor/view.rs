@@ -10,7 +10,7 @@ use tollgate_rules::Action;
 use super::{Monitor, MonitorMessage, ProcessGroup, StateFilter, state_text};
 use crate::format;
 
-/// Returns the contents of the monitor window; `banner` says why the daemon cannot be reached.
+/// Returns the contents of the monitor window; `banner` is the reason the daemon cannot be reached.
 pub fn view(monitor: &Monitor, banner: Option<String>) -> Element<'_, MonitorMessage> {
     let filters = StateFilter::ALL.map(|filter| {
         let style = if monitor.filter == filter {

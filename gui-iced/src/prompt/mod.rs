@@ -40,7 +40,7 @@ impl AppKey {
     }
 }
 
-/// How a prompt shows its application.
+/// Name and icon a prompt shows for its application.
 #[derive(Debug, Clone)]
 pub struct AppLabel {
     /// Name from the `.desktop` file, else the executable's file name or command.
@@ -76,7 +76,7 @@ pub struct Prompt {
     /// When the window last gained the keyboard focus, in milliseconds since the Unix epoch;
     /// `None` while it does not have it.
     pub focused_since: Option<u64>,
-    /// Why the last decision failed, shown in the window.
+    /// Reason the last decision failed, shown in the window.
     pub error: Option<String>,
 }
 
@@ -165,7 +165,7 @@ impl Prompt {
     }
 
     /// Returns one `decide` request per pending request. A wide scope makes the first one
-    /// settle the rest, and the daemon answers the others with `not_found`, which is harmless.
+    /// settle the rest, and the daemon rejects the others with `not_found`, which is harmless.
     pub fn decide(&self, action: Action) -> Vec<Request> {
         self.requests
             .iter()

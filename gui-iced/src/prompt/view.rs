@@ -18,7 +18,7 @@ use crate::format;
 pub struct Countdown {
     /// The daemon's prompt timeout, in milliseconds.
     pub timeout_ms: u64,
-    /// What the daemon does when nobody answers in time.
+    /// Action the daemon applies when no decision comes in time.
     pub default_action: Action,
     /// The current time, in milliseconds since the Unix epoch.
     pub now_unix_ms: u64,
@@ -164,7 +164,7 @@ fn choice_row<'a, const N: usize>(
         .into()
 }
 
-/// One selectable option; an option that is not offered is shown without a press action.
+/// Builds one selectable option. An option that is not offered has no press action.
 fn option(label: String, selected: bool, offered: bool) -> Element<'static, ()> {
     let style = if selected {
         button::primary

@@ -8,7 +8,7 @@ use tollgate_proxy::protocol::RuleInfo;
 
 use super::{RuleLifetime, RulesMessage, RulesView, describe};
 
-/// Returns the contents of the rules window; `banner` says why the daemon cannot be reached.
+/// Returns the contents of the rules window; `banner` is the reason the daemon cannot be reached.
 pub fn view(rules: &RulesView, banner: Option<String>) -> Element<'_, RulesMessage> {
     let listed = rules.listed();
     let list: Element<'_, RulesMessage> = if listed.is_empty() {

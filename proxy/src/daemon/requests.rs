@@ -57,7 +57,7 @@ impl Shared {
             None => 0,
         };
         if added.is_none() && decision.is_wide() {
-            // A wide "once" adds no rule but answers the whole burst it covers.
+            // A wide "once" adds no rule but settles the whole burst it covers.
             settled += settle_covered(&mut state, rule, verdict);
         }
         settled += settle_decided(&mut state);
