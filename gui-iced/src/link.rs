@@ -14,7 +14,8 @@ use tokio::sync::mpsc as tokio_mpsc;
 use tollgate_proxy::{
     client::{Client, ClientError},
     protocol::{
-        ConnectionInfo, ErrorCode, Event, PendingInfo, Request, Response, RuleInfo, StatusInfo,
+        ConnectionInfo, ErrorCode, Event, EventKind, PendingInfo, Request, Response, RuleInfo,
+        StatusInfo,
     },
 };
 use tracing::{debug, info, warn};
@@ -152,8 +153,16 @@ async fn exchange(
             Some(request) = requests.recv() => Some(request),
             event = events.recv() => {
                 let event = event.ok_or(ClientError::Closed)??;
+                // A held or decided connection changes the pending list: list it now rather
+                // than at the next poll, so prompts appear and close at once. A burst of events
+                // is listed once, after its last event.
+                let changes_pending =
+                    !matches!(event.kind, EventKind::Closed { .. }) && events.is_empty();
                 if output.send(LinkEvent::Event(event)).await.is_err() {
                     return Ok(());
+                }
+                if changes_pending {
+                    forward(control, Request::ListPending, output).await?;
                 }
                 continue;
             }

@@ -2,24 +2,33 @@
 //! ImageMagick commands that find windows, type keys and take screenshots.
 
 use std::{
-    io::{self, BufRead, BufReader},
-    os::fd::AsRawFd,
+    io,
     path::Path,
     process::{Command, Output, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
     thread,
     time::{Duration, Instant},
 };
 
 use crate::process::ProcessGuard;
 
+/// First display number tried; lower numbers are left to real sessions.
+const FIRST_DISPLAY: u32 = 100;
+
+/// Display numbers [`VirtualDisplay::start`] tries before it gives up.
+const MAX_ATTEMPTS: u32 = 20;
+
+/// How long [`VirtualDisplay::start`] waits for a display to accept clients.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Screen size of the display: wide enough for the monitor and a prompt side by side.
 const SCREEN: &str = "1600x900x24";
 
-/// An Xvfb server on a display number it chose itself, stopped on drop.
+/// An Xvfb server on a free display number, stopped on drop.
 #[derive(Debug)]
 pub struct VirtualDisplay {
     display: String,
-    _server: ProcessGuard,
+    server: ProcessGuard,
 }
 
 /// Errors starting the display or running the X tools.
@@ -28,8 +37,8 @@ pub enum DisplayError {
     /// Xvfb could not be started.
     #[error("failed to start Xvfb")]
     Start(#[source] io::Error),
-    /// Xvfb exited or never printed its display number.
-    #[error("Xvfb did not report a display number")]
+    /// No display number worked, or Xvfb did not accept clients in time.
+    #[error("Xvfb did not start on any of {MAX_ATTEMPTS} display numbers")]
     NoDisplay,
     /// A tool could not be run.
     #[error("failed to run {tool} (install xdotool, x11-utils and imagemagick)")]
@@ -61,35 +70,64 @@ impl VirtualDisplay {
             .is_ok()
     }
 
-    /// Starts Xvfb on a free display. Xvfb picks the number and writes it to a pipe
-    /// (`-displayfd`), so parallel tests never race for one.
+    /// Starts Xvfb on a free display.
+    ///
+    /// Each display number is tried once per test process, so that no test starts a server on
+    /// a number whose previous server may still be shutting down. Numbers start at an offset
+    /// from the pid, so test processes running side by side rarely try the same ones. A number
+    /// whose lock file exists or whose server exits at once is skipped.
     pub fn start() -> Result<Self, DisplayError> {
-        let (reader, writer) =
-            nix::unistd::pipe().map_err(|err| DisplayError::Start(err.into()))?;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = FIRST_DISPLAY + (std::process::id() % 1000) * 20;
+        for _ in 0..MAX_ATTEMPTS {
+            let number = base + NEXT.fetch_add(1, Ordering::Relaxed) % 20_000;
+            if Path::new(&format!("/tmp/.X{number}-lock")).exists() {
+                continue;
+            }
+            if let Some(display) = Self::start_on(number)? {
+                return Ok(display);
+            }
+        }
+        Err(DisplayError::NoDisplay)
+    }
+
+    /// Starts Xvfb on display `number` and waits until a client can connect. Returns `None`
+    /// when the server exits, as it does when another server has the number.
+    fn start_on(number: u32) -> Result<Option<Self>, DisplayError> {
         let mut command = Command::new("Xvfb");
         command
-            .args(["-screen", "0", SCREEN, "-nolisten", "tcp", "-displayfd"])
-            .arg(writer.as_raw_fd().to_string())
+            .arg(format!(":{number}"))
+            // Without -noreset the server resets whenever its last client disconnects, and a
+            // client connecting during the reset fails to open the display.
+            .args(["-screen", "0", SCREEN, "-nolisten", "tcp", "-noreset"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let server = ProcessGuard::spawn(&mut command).map_err(DisplayError::Start)?;
-        // The child has its copy; closing ours lets the read below end if Xvfb exits.
-        drop(writer);
-        let mut line = String::new();
-        BufReader::new(std::fs::File::from(reader))
-            .read_line(&mut line)
-            .map_err(DisplayError::Start)?;
-        let number = line.trim();
-        if number.is_empty() {
-            return Err(DisplayError::NoDisplay);
-        }
-        Ok(Self {
+        let display = Self {
             display: format!(":{number}"),
-            _server: server,
-        })
+            server,
+        };
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if display.xdotool(&["getdisplaygeometry"]).is_ok() {
+                return Ok(Some(display));
+            }
+            if display
+                .server
+                .try_wait()
+                .map_err(DisplayError::Start)?
+                .is_some()
+            {
+                return Ok(None);
+            }
+            if Instant::now() >= deadline {
+                return Err(DisplayError::NoDisplay);
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
     }
 
-    /// Returns the value for `DISPLAY`, such as `:1`.
+    /// Returns the value for `DISPLAY`, such as `:100`.
     pub fn name(&self) -> &str {
         &self.display
     }

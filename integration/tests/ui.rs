@@ -61,7 +61,9 @@ fn start_ui(display: &VirtualDisplay, daemon: &Daemon, lab: &Lab, name: &str) ->
     let ui = ProcessGuard::spawn(&mut command).expect("failed to start tollgate-ui");
     if display.wait_for_window(MONITOR, WAIT).is_none() {
         panic!(
-            "tollgate-ui showed no monitor window\n--- its log ---\n{}",
+            "tollgate-ui showed no monitor window on {} (display check: {:?})\n--- its log ---\n{}",
+            display.name(),
+            display.xdotool(&["getdisplaygeometry"]),
             fs::read_to_string(&log_path).unwrap_or_default()
         );
     }
