@@ -215,3 +215,42 @@ fn replaced_executable_loses_pinned_rule() {
     assert_cli_ok(&daemon.run_cli(&["deny", &id]), "deny");
     child.wait_with_output().unwrap();
 }
+
+/// Runs `dig` in desk in the daemon's cgroup and returns its output.
+fn dig(daemon: &Daemon, lab: &Lab, args: &[&str]) -> String {
+    let output = daemon
+        .desk_client(lab, "dig")
+        .args(["+tries=1", "+time=5"])
+        .args(args)
+        .output()
+        .unwrap();
+    text(&output.stdout)
+}
+
+#[test]
+fn denied_name_is_refused_at_dns_time() {
+    let (lab, daemon) = start();
+    let before = dig(&daemon, &lab, &["+short", SHOP_NAME]);
+    assert_eq!(before.trim(), "203.0.113.10", "{before}");
+
+    let denied = daemon.run_cli(&["rules", "add", "--action", "deny", "--to", SHOP_NAME]);
+    assert_cli_ok(&denied, "rules add deny");
+    let after = dig(&daemon, &lab, &[SHOP_NAME]);
+    assert!(after.contains("status: NXDOMAIN"), "{after}");
+    // Other names still resolve.
+    let other = dig(&daemon, &lab, &["+short", BLOG_NAME, "A"]);
+    assert_eq!(other.trim(), "203.0.113.10", "{other}");
+}
+
+#[test]
+fn refusal_can_answer_null_address() {
+    let lab = Lab::start().unwrap_or_else(|err| panic!("failed to start the lab: {err:#}"));
+    let daemon = Daemon::start(&lab, "dns.refusal = \"null_address\"")
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    let denied = daemon.run_cli(&["rules", "add", "--action", "deny", "--to", "*.lab.test"]);
+    assert_cli_ok(&denied, "rules add deny");
+    let v4 = dig(&daemon, &lab, &["+short", BLOG_NAME, "A"]);
+    assert_eq!(v4.trim(), "0.0.0.0", "{v4}");
+    let v6 = dig(&daemon, &lab, &["+short", BLOG_NAME, "AAAA"]);
+    assert_eq!(v6.trim(), "::", "{v6}");
+}

@@ -24,7 +24,7 @@ use tokio::{
 };
 use tollgate_classifier::Classifier;
 use tollgate_resolver::{
-    DnsServer, Hooks, NameMap, RefuseNothing, UpstreamConfig, resolv_conf, sockets::ListenConfig,
+    DnsServer, Hooks, NameMap, UpstreamConfig, resolv_conf, sockets::ListenConfig,
 };
 use tollgate_rules::{Action, AddressMatch, Lifetime, PortMatch, Protocol, ProtocolMatch, RuleSet};
 use tracing::{Instrument, debug, error, info, info_span, warn};
@@ -88,7 +88,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let listeners = bind_listeners(&config)?;
     let udp_listeners = udp::bind_listeners(&config)?;
     let (owners, classifier_counters) = load_attribution(&config);
-    let dns = start_resolver(&config, Arc::clone(&owners))?;
+    let refusals = Arc::new(RefusalPolicy::default());
+    let dns = start_resolver(&config, Arc::clone(&owners), Arc::clone(&refusals))?;
     let dns_spec = dns.as_ref().map(|_| dns_spec(&config));
     // In enforce mode only the policy allows, so no rule may let traffic pass on its own.
     let allowed = match config.mode {
@@ -109,6 +110,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let names = dns.as_ref().map(DnsServer::names);
     let decisions = Decisions { policy, flow_log };
     let shared = Arc::new(Shared::new(config, book, interception, owners, decisions));
+    refusals.bind(&shared);
     // Set before the tasks start, while this is the only reference.
     let shared = {
         let mut shared = shared;
@@ -148,6 +150,53 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         write_summary(&shared.config, flow_log);
     }
     Ok(())
+}
+
+/// The resolver's query policy: a name is refused at DNS time when the rules deny every
+/// connection of the asking program to it, on any port and protocol, so programs fail fast.
+/// It reads the rules through the daemon's state, which exists only after the resolver
+/// started, hence the late binding.
+#[derive(Default)]
+struct RefusalPolicy {
+    shared: std::sync::OnceLock<std::sync::Weak<Shared>>,
+}
+
+impl RefusalPolicy {
+    fn bind(&self, shared: &Arc<Shared>) {
+        // Bound once at start; a second call changes nothing.
+        let _ = self.shared.set(Arc::downgrade(shared));
+    }
+}
+
+impl tollgate_resolver::QueryPolicy for RefusalPolicy {
+    fn is_refused(
+        &self,
+        asker: tollgate_resolver::Asker,
+        name: &tollgate_resolver::DomainName,
+    ) -> bool {
+        let Some(shared) = self.shared.get().and_then(std::sync::Weak::upgrade) else {
+            return false;
+        };
+        if shared.config.mode != Mode::Interactive {
+            return false;
+        }
+        let executable = match asker {
+            tollgate_resolver::Asker::Process { pid } => {
+                std::fs::read_link(format!("/proc/{pid}/exe")).ok()
+            }
+            tollgate_resolver::Asker::Address(_) => None,
+        };
+        let now = clock::now();
+        let state = shared.lock();
+        // Port 0 and the unspecified address match only rules for any port and any address.
+        [Protocol::Tcp, Protocol::Udp].into_iter().all(|protocol| {
+            let mut facts =
+                tollgate_rules::ConnectionFacts::to(Ipv4Addr::UNSPECIFIED.into(), 0, protocol);
+            facts.executable = executable.clone();
+            facts.hosts = vec![name.to_string()];
+            matches!(state.book.decide(&facts, &now), Some((_, Action::Deny)))
+        })
+    }
 }
 
 /// Takes the lock that lets one daemon protect a network namespace, held until the returned
@@ -203,6 +252,7 @@ const LOCK_DIR: &str = "/run/tollgate";
 fn start_resolver(
     config: &Config,
     owners: Arc<dyn OwnerLookup>,
+    refusals: Arc<RefusalPolicy>,
 ) -> anyhow::Result<Option<DnsServer>> {
     let dns = &config.dns;
     if !dns.enabled {
@@ -222,7 +272,7 @@ fn start_resolver(
     info!(upstreams = ?addresses, "DNS upstreams");
     let hooks = Hooks {
         askers: Arc::new(DaemonAskers::new(owners)),
-        policy: Arc::new(RefuseNothing),
+        policy: refusals,
     };
     let server = DnsServer::start(dns, &upstreams, &listen, hooks)
         .context("failed to start the DNS resolver (needs CAP_NET_ADMIN)")?;
