@@ -190,3 +190,13 @@ fn thousand_tcp_ipv4_clients() {
         server.receive_each(n, handle);
     });
 }
+
+#[test]
+fn thousand_udp_ipv4_clients() {
+    let fixture = Fixture::new();
+    let server = UdpServer::bind(&fixture.netns, "127.0.0.1:0");
+
+    run_stress(&fixture, UDP_CLIENT, server.address(), 1000, |n, handle| {
+        server.receive_each(n, handle);
+    });
+}
