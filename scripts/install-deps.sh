@@ -8,12 +8,13 @@ apt-get update -qq
 # libnftnl and libmnl: the nftables table is built over netlink with them.
 # llvm-22-dev: bpf-linker links the BPF programs with the libLLVM of rustc's LLVM version.
 # bpftool, curl, python3: the end-to-end tests inspect attachments and run real clients.
+# iperf3: tollgate-bench measures bulk TCP and UDP throughput with it.
 apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates \
     libnftnl-dev libmnl-dev \
     llvm-22-dev \
     nftables iproute2 bpftool \
-    curl python3
+    curl python3 iperf3
 
 rustup component add rustfmt clippy rust-src
 

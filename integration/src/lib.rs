@@ -15,7 +15,8 @@
 //! - [`pattern`]: the byte pattern of the bulk server.
 //! - [`binary`]: [`workspace_binary`], which finds `tollgated`, `tollgate` and `lab-server`;
 //! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk;
-//! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in.
+//! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in;
+//! - [`bench`]: statistics, iperf3 results, `/proc` readings and the report of `tollgate-bench`.
 //!
 //! ```no_run
 //! use tollgate_integration::{Lab, topology::SERVER_A_V4};
@@ -32,6 +33,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod binary;
 pub mod cgroup;
 pub mod client;
