@@ -9,12 +9,13 @@ apt-get update -qq
 # llvm-22-dev: bpf-linker links the BPF programs with the libLLVM of rustc's LLVM version.
 # bpftool, curl, python3, liburing-dev: the end-to-end tests inspect attachments and run real
 # clients, one of them a C program built against liburing.
+# iperf3: tollgate-bench measures bulk TCP and UDP throughput with it.
 apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates \
     libnftnl-dev libmnl-dev \
     llvm-22-dev \
     nftables iproute2 bpftool \
-    curl python3 liburing-dev \
+    curl python3 liburing-dev iperf3 \
     dnsmasq-base dnsutils openssl \
     podman runc debootstrap
 

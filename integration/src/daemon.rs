@@ -24,6 +24,10 @@ const START_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long [`Daemon::stop`] waits for the daemon to exit after SIGTERM.
 pub const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// `RUST_LOG` of a daemon started with [`Daemon::start`]: one debug line per connection, which
+/// the tests' failure messages show.
+pub const DEBUG_LOG_FILTER: &str = "tollgate_proxy=debug,info";
+
 /// A `tollgated` process in the desk namespace of a [`Lab`].
 ///
 /// The config, rule database, control socket and log live in a directory of the lab's work
@@ -38,6 +42,7 @@ pub struct Daemon {
     dir: PathBuf,
     tollgated: PathBuf,
     tollgate: PathBuf,
+    log_filter: String,
 }
 
 /// Errors starting or talking to the daemon.
@@ -73,8 +78,20 @@ pub enum DaemonError {
 
 impl Daemon {
     /// Starts `tollgated` in the lab's desk with `extra_config` appended to a config that puts
-    /// its socket and state in the lab's work directory, and waits until it answers.
+    /// its socket and state in the lab's work directory, and waits until it answers. It logs
+    /// with [`DEBUG_LOG_FILTER`].
     pub fn start(lab: &Lab, extra_config: &str) -> Result<Self, DaemonError> {
+        Self::start_with_log_filter(lab, extra_config, DEBUG_LOG_FILTER)
+    }
+
+    /// Starts `tollgated` as [`Daemon::start`] does, with `log_filter` as its `RUST_LOG`, which
+    /// also applies after [`Daemon::restart`]. Benchmarks pass `info`, the daemon's default,
+    /// so that per-connection debug lines do not add to the cost they measure.
+    pub fn start_with_log_filter(
+        lab: &Lab,
+        extra_config: &str,
+        log_filter: &str,
+    ) -> Result<Self, DaemonError> {
         let dir = lab.work_dir().join("tollgated");
         fs::create_dir_all(&dir).map_err(|source| DaemonError::File {
             path: dir.clone(),
@@ -106,6 +123,7 @@ impl Daemon {
             dir,
             tollgated: workspace_binary("tollgated")?,
             tollgate: workspace_binary("tollgate")?,
+            log_filter: log_filter.to_owned(),
         };
         daemon.spawn(lab)?;
         Ok(daemon)
@@ -148,6 +166,11 @@ impl Daemon {
             process.stop().map_err(DaemonError::Signal)?;
         }
         Ok(())
+    }
+
+    /// Returns the process id of the running daemon, or `None` when it is stopped.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().map(ProcessGuard::pid)
     }
 
     /// Returns the path of the control socket.
@@ -253,7 +276,7 @@ impl Daemon {
         command
             .arg("--config")
             .arg(self.config_path())
-            .env("RUST_LOG", "tollgate_proxy=debug,info")
+            .env("RUST_LOG", &self.log_filter)
             .stdout(log)
             .stderr(stderr);
         self.process = Some(lab.desk().spawn(&mut command)?);

@@ -16,7 +16,8 @@
 //! - [`binary`]: [`workspace_binary`], which finds `tollgated`, `tollgate` and `lab-server`;
 //! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk;
 //! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in;
-//! - [`dns`]: the lab's DNS server (dnsmasq) and desk's resolv.conf.
+//! - [`dns`]: the lab's DNS server (dnsmasq) and desk's resolv.conf;
+//! - [`bench`]: statistics, iperf3 results, `/proc` readings and the report of `tollgate-bench`.
 //!
 //! ```no_run
 //! use tollgate_integration::{Lab, topology::SERVER_A_V4};
@@ -33,6 +34,7 @@
 
 #![warn(missing_docs)]
 
+pub mod bench;
 pub mod binary;
 pub mod cgroup;
 pub mod client;

@@ -10,7 +10,7 @@ use tollgate_proxy::{
     daemon,
     firewall::Interception,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 use tracing_subscriber::EnvFilter;
 
 /// Tollgate daemon: keeps each new outbound TCP connection and UDP flow of this network
@@ -58,6 +58,7 @@ fn main() -> std::process::ExitCode {
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     let args = Args::parse();
+    raise_file_limit();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -71,6 +72,22 @@ fn main() -> std::process::ExitCode {
             error!(error = %format!("{err:#}"), "tollgated failed");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// Raises the soft limit on open files to the hard limit, because the daemon needs one
+/// descriptor per held connection and two per relayed one. A failure is logged, and the daemon
+/// continues with the current limit.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            Ok(()) => info!(from = soft, to = hard, "raised the open file limit"),
+            Err(err) => warn!(error = %err, limit = soft, "failed to raise the open file limit"),
+        },
+        Ok(_) => {}
+        Err(err) => warn!(error = %err, "failed to read the open file limit"),
     }
 }
 

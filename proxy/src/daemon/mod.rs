@@ -109,17 +109,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     let names = dns.as_ref().map(DnsServer::names);
     let decisions = Decisions { policy, flow_log };
-    let shared = Arc::new(Shared::new(config, book, interception, owners, decisions));
+    let shared = Arc::new(Shared::new(
+        config,
+        book,
+        interception,
+        owners,
+        decisions,
+        (names, dns_spec),
+    ));
     refusals.bind(&shared);
-    // Set before the tasks start, while this is the only reference.
-    let shared = {
-        let mut shared = shared;
-        if let Some(inner) = Arc::get_mut(&mut shared) {
-            inner.names = names;
-            inner.dns_spec = dns_spec;
-        }
-        shared
-    };
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(counters) = classifier_counters {
         tasks.spawn(counters);
@@ -514,6 +512,7 @@ impl Shared {
         interception: Option<Interception>,
         owners: Arc<dyn OwnerLookup>,
         decisions: Decisions,
+        (names, dns_spec): (Option<Arc<NameMap>>, Option<DnsSpec>),
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
@@ -529,8 +528,8 @@ impl Shared {
             limit_reported: AtomicU64::new(u64::MAX),
             interception: tokio::sync::Mutex::new(interception),
             owners,
-            names: None,
-            dns_spec: None,
+            names,
+            dns_spec,
             decisions,
         }
     }
