@@ -392,11 +392,18 @@ fn desk_state(lab: &Lab) -> (String, String, String, String) {
         );
         text(&output.stdout)
     };
+    // The kernel adds the route of veth0's IPv6 link-local address once duplicate address
+    // detection ends, about a second after the lab starts, whatever the daemon does.
+    let routes: String = run(&["ip", "route", "show", "table", "all"])
+        .lines()
+        .filter(|line| !line.starts_with("local fe80::"))
+        .map(|line| format!("{line}\n"))
+        .collect();
     (
         run(&["nft", "list", "ruleset"]),
         run(&["ip", "rule", "show"]),
         run(&["ip", "-6", "rule", "show"]),
-        run(&["ip", "route", "show", "table", "all"]),
+        routes,
     )
 }
 
