@@ -16,6 +16,7 @@
 //! - [`binary`]: [`workspace_binary`], which finds `tollgated`, `tollgate` and `lab-server`;
 //! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk;
 //! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in;
+//! - [`watch`]: [`watch::Watcher`], a client of the daemon's event stream;
 //! - [`bench`]: statistics, iperf3 results, `/proc` readings and the report of `tollgate-bench`.
 //!
 //! ```no_run
@@ -44,6 +45,7 @@ pub mod pattern;
 pub mod process;
 mod servers;
 pub mod topology;
+pub mod watch;
 
 pub use binary::{BinaryNotFoundError, workspace_binary};
 pub use lab::{Lab, LabError};
