@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tollgate_classifier::{Classifier, FlowLookup, Owner};
@@ -41,7 +41,28 @@ impl OwnerLookup for NoAttribution {
 pub struct KernelAttribution {
     classifier: Classifier,
     user_names: Mutex<HashMap<u32, Option<String>>>,
+    /// Facts read from `/proc` for recent processes, so that a process that opens many
+    /// connections costs these reads once per [`PROC_DETAILS_TTL`].
+    proc_details: Mutex<HashMap<ProcessKey, (Instant, ProcDetails)>>,
 }
+
+/// Identity of a process: a later process with the same pid differs in its start time, and
+/// the same process after `execve()` in its executable.
+type ProcessKey = (u32, Option<Duration>, Option<PathBuf>);
+
+/// Facts from `/proc` that complete the kernel's record of a process.
+#[derive(Clone, Default)]
+struct ProcDetails {
+    script: Option<PathBuf>,
+    parent_executable: Option<PathBuf>,
+}
+
+/// How long facts read from `/proc` are reused. A script or parent that changes within this
+/// time shows late.
+const PROC_DETAILS_TTL: Duration = Duration::from_secs(1);
+
+/// Processes whose `/proc` facts are kept; older entries are dropped when it is reached.
+const PROC_DETAILS_CAPACITY: usize = 1024;
 
 impl KernelAttribution {
     /// Wraps a loaded and attached classifier.
@@ -49,12 +70,26 @@ impl KernelAttribution {
         Self {
             classifier,
             user_names: Mutex::new(HashMap::new()),
+            proc_details: Mutex::new(HashMap::new()),
         }
     }
 
     /// Returns the classifier, for its counters.
     pub fn classifier(&self) -> &Classifier {
         &self.classifier
+    }
+
+    /// Takes the classifier's fast path maps and event ring, once.
+    pub fn take_fast_path(
+        &mut self,
+    ) -> Option<(
+        tollgate_classifier::FastPath,
+        tollgate_classifier::FlowEvents,
+    )> {
+        Some((
+            self.classifier.take_fast_path()?,
+            self.classifier.take_flow_events()?,
+        ))
     }
 
     fn user_name(&self, uid: u32) -> Option<String> {
@@ -98,19 +133,10 @@ impl OwnerLookup for KernelAttribution {
 }
 
 impl KernelAttribution {
-    fn process_info(&self, owner: Owner) -> ProcessInfo {
-        // NOTE: the script and the parent's executable come from /proc, read now, so they are
-        // missing when the process (or its parent) has already exited. A process whose pid was
-        // reused is detected by its start time and yields nothing.
-        let alive = is_same_process(owner.pid, owner.start_time);
-        let script = match (&owner.exe, alive) {
-            (Some(exe), true) if is_interpreter(exe) => script_of(owner.pid),
-            _ => None,
-        };
-        let parent_executable = owner
-            .ppid
-            .filter(|_| alive)
-            .and_then(|ppid| fs::read_link(format!("/proc/{ppid}/exe")).ok());
+    /// Completes the kernel's record of a process with its user name, and for a live process
+    /// with its script and its parent's executable from `/proc`.
+    pub(crate) fn process_info(&self, owner: Owner) -> ProcessInfo {
+        let details = self.proc_details(&owner);
         ProcessInfo {
             pid: owner.pid,
             uid: owner.uid,
@@ -119,10 +145,53 @@ impl KernelAttribution {
             gid: owner.gid,
             user: self.user_name(owner.uid),
             ppid: owner.ppid,
-            parent_executable,
-            script,
+            parent_executable: details.parent_executable,
+            script: details.script,
             cgroup_id: owner.cgroup_id,
         }
+    }
+
+    fn proc_details(&self, owner: &Owner) -> ProcDetails {
+        let key = (owner.pid, owner.start_time, owner.exe.clone());
+        let now = Instant::now();
+        let mut cache = self
+            .proc_details
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((read, details)) = cache.get(&key)
+            && now.duration_since(*read) < PROC_DETAILS_TTL
+        {
+            return details.clone();
+        }
+        if cache.len() >= PROC_DETAILS_CAPACITY {
+            cache.retain(|_, (read, _)| now.duration_since(*read) < PROC_DETAILS_TTL);
+            if cache.len() >= PROC_DETAILS_CAPACITY {
+                cache.clear();
+            }
+        }
+        let details = read_proc_details(owner);
+        cache.insert(key, (now, details.clone()));
+        details
+    }
+}
+
+/// Reads a process's script and its parent's executable from `/proc`.
+fn read_proc_details(owner: &Owner) -> ProcDetails {
+    // NOTE: the script and the parent's executable come from /proc, read now, so they are
+    // missing when the process (or its parent) has already exited. A process whose pid was
+    // reused is detected by its start time and yields nothing.
+    let alive = is_same_process(owner.pid, owner.start_time);
+    let script = match (&owner.exe, alive) {
+        (Some(exe), true) if is_interpreter(exe) => script_of(owner.pid),
+        _ => None,
+    };
+    let parent_executable = owner
+        .ppid
+        .filter(|_| alive)
+        .and_then(|ppid| fs::read_link(format!("/proc/{ppid}/exe")).ok());
+    ProcDetails {
+        script,
+        parent_executable,
     }
 }
 

@@ -83,6 +83,9 @@ pub struct InterceptionConfig {
     pub route_table: u32,
     /// Priority of the policy routing rules that select `route_table`.
     pub rule_priority: u32,
+    /// Whether the kernel applies rule verdicts at `connect()`, so that flows a rule decides
+    /// skip the proxy. Needs process attribution.
+    pub fast_path: bool,
 }
 
 impl Default for Config {
@@ -112,6 +115,7 @@ impl Default for InterceptionConfig {
             bypass_mark: 0x2,
             route_table: 100,
             rule_priority: 100,
+            fast_path: true,
         }
     }
 }

@@ -27,6 +27,7 @@ use crate::{
     attribution::{KernelAttribution, NoAttribution, OwnerLookup},
     config::Config,
     control::{self, ControlListener},
+    fast_path::{self, FastPath},
     firewall::Interception,
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     protocol::{
@@ -72,17 +73,37 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
-    let (owners, classifier_counters) = load_attribution(&config);
+    let attribution = load_attribution(&config);
+    let (fast_path, flow_events) = match attribution.kernel {
+        Some(kernel) if interception.is_some() && config.interception.fast_path => {
+            match FastPath::start(kernel.fast_path, config.interception.bypass_mark, &rules) {
+                Ok(fast_path) => (Some(fast_path), Some((kernel.events, kernel.attribution))),
+                Err(err) => {
+                    warn!(error = %format!("{err:#}"), "fast path unavailable; every flow goes through the proxy");
+                    (None, None)
+                }
+            }
+        }
+        _ => (None, None),
+    };
     let shared = Arc::new(Shared::new(
         config,
         store,
         rules,
         interception.is_some(),
-        owners,
+        attribution.owners,
+        fast_path,
     ));
     let mut tasks = tokio::task::JoinSet::new();
-    if let Some(counters) = classifier_counters {
+    if let Some(counters) = attribution.counters {
         tasks.spawn(counters);
+    }
+    if let Some((events, attribution)) = flow_events {
+        tasks.spawn(fast_path::serve_events(
+            Arc::clone(&shared),
+            events,
+            attribution,
+        ));
     }
     for listener in listeners {
         tasks.spawn(accept_loop(Arc::clone(&shared), listener));
@@ -94,6 +115,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     shutdown.await;
     info!("shutting down");
+    if let Some(fast_path) = &shared.fast_path {
+        fast_path.stop();
+    }
     tasks.abort_all();
     if let Some(interception) = interception
         && let Err(err) = interception.remove().await
@@ -106,12 +130,38 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 /// A task that watches the classifier's counters.
 type CountersTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The parts of process attribution that [`load_attribution`] loaded.
+struct Attribution {
+    owners: Arc<dyn OwnerLookup>,
+    counters: Option<CountersTask>,
+    /// The BPF programs' fast path, when they loaded.
+    kernel: Option<KernelFastPath>,
+}
+
+/// The classifier's fast path maps and event ring, with the attribution that names the
+/// processes in its events.
+struct KernelFastPath {
+    fast_path: tollgate_classifier::FastPath,
+    events: tollgate_classifier::FlowEvents,
+    attribution: Arc<KernelAttribution>,
+}
+
+impl Attribution {
+    fn none() -> Self {
+        Self {
+            owners: Arc::new(NoAttribution),
+            counters: None,
+            kernel: None,
+        }
+    }
+}
+
 /// Loads the BPF programs that name each flow's process. Without them the daemon still works,
 /// but every flow shows as "unknown process", so a failure is logged as an error.
-fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTask>) {
+fn load_attribution(config: &Config) -> Attribution {
     if !config.attribution.enabled {
         warn!("process attribution disabled in config; flows show as unknown process");
-        return (Arc::new(NoAttribution), None);
+        return Attribution::none();
     }
     if let Some(release) = kernel_too_old() {
         error!(
@@ -120,7 +170,7 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
             MIN_KERNEL.0,
             MIN_KERNEL.1
         );
-        return (Arc::new(NoAttribution), None);
+        return Attribution::none();
     }
     let cgroup = match &config.attribution.cgroup {
         Some(path) => path.clone(),
@@ -128,7 +178,7 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
             Ok(path) => path,
             Err(err) => {
                 error!(error = %err, "process attribution unavailable; flows show as unknown process");
-                return (Arc::new(NoAttribution), None);
+                return Attribution::none();
             }
         },
     };
@@ -139,9 +189,19 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
                 executable_paths = classifier.has_exe_paths(),
                 "process attribution attached"
             );
-            let attribution = Arc::new(KernelAttribution::new(classifier));
+            let mut attribution = KernelAttribution::new(classifier);
+            let fast_path = attribution.take_fast_path();
+            let attribution = Arc::new(attribution);
             let counters = Box::pin(watch_counters(Arc::clone(&attribution)));
-            (attribution, Some(counters))
+            Attribution {
+                owners: Arc::clone(&attribution) as Arc<dyn OwnerLookup>,
+                counters: Some(counters),
+                kernel: fast_path.map(|(fast_path, events)| KernelFastPath {
+                    fast_path,
+                    events,
+                    attribution,
+                }),
+            }
         }
         Err(err) => {
             error!(
@@ -149,7 +209,7 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
                 error = %format!("{err:#}"),
                 "process attribution unavailable; flows show as unknown process"
             );
-            (Arc::new(NoAttribution), None)
+            Attribution::none()
         }
     }
 }
@@ -192,6 +252,18 @@ async fn watch_counters(attribution: Arc<KernelAttribution>) {
                 socket_update_failed = counters.socket_update_failed,
                 flow_update_failed = counters.flow_update_failed,
                 "attribution maps rejected updates; some flows will show as unknown process"
+            );
+        }
+        if counters.flow_events_lost > reported.flow_events_lost {
+            warn!(
+                flow_events_lost = counters.flow_events_lost,
+                "fast path events lost; some kernel flows have no events"
+            );
+        }
+        if counters.fast_sockets_rejected > reported.fast_sockets_rejected {
+            warn!(
+                fast_sockets_rejected = counters.fast_sockets_rejected,
+                "fast path full; some allowed flows went through the proxy"
             );
         }
         if counters.socket_record_missing > reported.socket_record_missing {
@@ -249,6 +321,7 @@ pub struct Shared {
     started: Instant,
     intercepting: bool,
     pub(crate) owners: Arc<dyn OwnerLookup>,
+    pub(crate) fast_path: Option<FastPath>,
 }
 
 /// Rules and pending requests, behind one lock so that a connection cannot slip between a rule
@@ -268,6 +341,7 @@ impl Shared {
         rules: RuleSet,
         intercepting: bool,
         owners: Arc<dyn OwnerLookup>,
+        fast_path: Option<FastPath>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
@@ -283,6 +357,7 @@ impl Shared {
             started: Instant::now(),
             intercepting,
             owners,
+            fast_path,
         }
     }
 
@@ -300,6 +375,7 @@ impl Shared {
             active_connections: self.active.load(Ordering::Relaxed),
             prompt_timeout_secs: self.config.prompt_timeout_secs,
             default_action: self.config.default_action,
+            fast_path: self.fast_path.is_some(),
         }
     }
 
@@ -399,6 +475,9 @@ impl Shared {
             })?;
         }
         state.rules.remove(id);
+        if let Some(fast_path) = &self.fast_path {
+            fast_path.sync(&state.rules);
+        }
         info!(rule = %id, "rule removed");
         Ok(Response::RuleRemoved { id })
     }
@@ -411,6 +490,9 @@ impl Shared {
             })?;
         }
         state.rules.insert(rule);
+        if let Some(fast_path) = &self.fast_path {
+            fast_path.sync(&state.rules);
+        }
         Ok(())
     }
 
@@ -427,8 +509,16 @@ impl Shared {
         self.next_connection.fetch_add(1, Ordering::Relaxed)
     }
 
+    /// Returns whether a client watches events, so that building them is worth it.
+    pub(crate) fn has_watchers(&self) -> bool {
+        self.events.receiver_count() > 0
+    }
+
     pub(crate) fn emit(&self, flow: &Flow, kind: EventKind) {
-        // Sending fails only when nobody is watching, which is fine.
+        if !self.has_watchers() {
+            return;
+        }
+        // Sending fails when the last watcher left since the check above, which is fine.
         let _ = self.events.send(Event {
             time_unix_ms: unix_ms(SystemTime::now()),
             connection: flow.connection,
@@ -539,6 +629,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             EventKind::Decided {
                 action: verdict.action,
                 by: verdict.by,
+                in_kernel: false,
             },
         );
         match verdict.action {
@@ -565,6 +656,9 @@ pub(crate) async fn verdict_for(shared: &Shared, flow: &Flow) -> Verdict {
             protocol: flow.protocol,
         };
         if let Some(rule) = state.rules.decide(&connection) {
+            if let Some(fast_path) = &shared.fast_path {
+                fast_path.learn(flow, rule);
+            }
             return Verdict {
                 action: rule.action,
                 by: DecidedBy::Rule { rule: rule.id },

@@ -177,6 +177,9 @@ pub struct StatusInfo {
     pub prompt_timeout_secs: u64,
     /// Action applied when no decision comes in time.
     pub default_action: Action,
+    /// Whether the kernel applies rule verdicts at `connect()` (the fast path).
+    #[serde(default)]
+    pub fast_path: bool,
 }
 
 /// Known facts about the process that opened a connection, captured in the kernel when it
@@ -266,6 +269,11 @@ pub enum EventKind {
         action: Action,
         /// Who decided.
         by: DecidedBy,
+        /// Whether the kernel applied the verdict inside `connect()` or `sendmsg()`, so the
+        /// connection never reached the proxy. Its bytes then pass without a relay, and a
+        /// denied call failed with `EPERM`.
+        #[serde(default)]
+        in_kernel: bool,
     },
     /// An allowed connection ended.
     Closed {

@@ -159,6 +159,7 @@ async fn run_flow(shared: Arc<Shared>, table: Arc<FlowTable>, flow: Flow, first:
             EventKind::Decided {
                 action: verdict.action,
                 by: verdict.by,
+                in_kernel: false,
             },
         );
         match verdict.action {

@@ -183,6 +183,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 status.pending_requests, status.held_connections
             );
             println!("  active relays:      {}", status.active_connections);
+            println!(
+                "  fast path:          {}",
+                if status.fast_path { "on" } else { "off" }
+            );
             println!("  rules:              {}", status.rules);
             println!(
                 "  prompt timeout:     {}s, then {}",
@@ -428,13 +432,18 @@ fn describe_event(event: &Event) -> String {
         EventKind::Held { pending_id } => {
             format!("held     {flow} by {process} (pending {pending_id})")
         }
-        EventKind::Decided { action, by } => {
+        EventKind::Decided {
+            action,
+            by,
+            in_kernel,
+        } => {
             let by = match by {
                 DecidedBy::Rule { rule } => format!("rule {rule}"),
                 DecidedBy::User => "user".to_owned(),
                 DecidedBy::Timeout => "timeout".to_owned(),
             };
-            format!("{action:<8} {flow} by {process} ({by})")
+            let place = if *in_kernel { ", in the kernel" } else { "" };
+            format!("{action:<8} {flow} by {process} ({by}{place})")
         }
         EventKind::Closed {
             bytes_up,
