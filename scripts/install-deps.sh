@@ -10,6 +10,9 @@ apt-get update -qq
 # bpftool, curl, python3, liburing-dev: the end-to-end tests inspect attachments and run real
 # clients, one of them a C program built against liburing.
 # iperf3: tollgate-bench measures bulk TCP and UDP throughput with it.
+# xvfb, xdotool, x11-utils, imagemagick, fonts-dejavu-core: the desktop interface's lab test
+# runs it under Xvfb, types at it and takes screenshots. It renders in software (tiny-skia), so
+# no GPU drivers are needed.
 apt-get install -y -qq --no-install-recommends \
     build-essential pkg-config ca-certificates \
     libnftnl-dev libmnl-dev \
@@ -17,7 +20,8 @@ apt-get install -y -qq --no-install-recommends \
     nftables iproute2 bpftool \
     curl python3 liburing-dev iperf3 \
     dnsmasq-base dnsutils openssl \
-    podman runc debootstrap
+    podman runc debootstrap \
+    xvfb xdotool x11-utils imagemagick fonts-dejavu-core
 
 # podman: the container tests build the Dockerfile and run tollgated in containers. Its
 # defaults fail on a host with a hybrid cgroup layout (crun rejects it, so runc) and without

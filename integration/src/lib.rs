@@ -17,6 +17,7 @@
 //! - [`daemon`]: [`daemon::Daemon`], a `tollgated` running in a lab's desk;
 //! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in;
 //! - [`dns`]: the lab's DNS server (dnsmasq) and desk's resolv.conf;
+//! - [`display`]: [`display::VirtualDisplay`], an Xvfb server for tests of `tollgate-ui`;
 //! - [`bench`]: statistics, iperf3 results, `/proc` readings and the report of `tollgate-bench`.
 //!
 //! ```no_run
@@ -39,6 +40,7 @@ pub mod binary;
 pub mod cgroup;
 pub mod client;
 pub mod daemon;
+pub mod display;
 pub mod dns;
 pub mod lab;
 pub mod netns;

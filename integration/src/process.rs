@@ -2,7 +2,7 @@
 
 use std::{
     io,
-    process::{Child, ExitStatus},
+    process::{Child, Command, ExitStatus},
     sync::{Arc, Mutex, MutexGuard, PoisonError},
     thread,
     time::{Duration, Instant},
@@ -14,7 +14,8 @@ use nix::{sys::signal::Signal, unistd::Pid};
 /// that whichever drops first stops it.
 pub(crate) type SharedChild = Arc<Mutex<Child>>;
 
-/// A child process started with [`NetNs::spawn`](crate::NetNs::spawn).
+/// A child process started with [`NetNs::spawn`](crate::NetNs::spawn) or
+/// [`ProcessGuard::spawn`].
 ///
 /// Dropping the guard stops the process as [`ProcessGuard::stop`] does. Only the guard and its
 /// namespace reap the child, so its pid cannot be reused by another process while the guard
@@ -30,6 +31,13 @@ impl ProcessGuard {
     pub(crate) fn new(label: String, child: SharedChild) -> Self {
         let pid = lock(&child).id();
         Self { label, pid, child }
+    }
+
+    /// Starts `command` in the caller's namespaces and guards it.
+    pub fn spawn(command: &mut Command) -> io::Result<Self> {
+        let label = format!("{command:?}");
+        let child = command.spawn()?;
+        Ok(Self::new(label, Arc::new(Mutex::new(child))))
     }
 
     /// Returns the process id.

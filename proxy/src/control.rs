@@ -182,7 +182,12 @@ async fn handle(shared: &Shared, request: Request) -> Response {
             id,
             action,
             lifetime,
-        } => shared.decide(id, action, lifetime),
+            scope,
+            port,
+        } => shared.decide(id, action, lifetime, (scope, port)),
+        Request::ListConnections => Ok(Response::Connections {
+            connections: shared.connections(),
+        }),
         Request::ListRules => Ok(shared.rules()),
         Request::AddRule { rule } => shared.add_rule(rule),
         Request::EditRule { id, changes } => shared.edit_rule(id, changes),
@@ -321,10 +326,22 @@ mod tests {
         let envelope = parse_request(line).unwrap();
         assert_eq!(
             envelope.request,
+            Request::decide(3, Action::Allow, LifetimeSpec::Forever)
+        );
+    }
+
+    #[test]
+    fn parses_decide_request_with_a_wider_scope() {
+        let line = r#"{"version":1,"type":"decide","id":3,"action":"deny","lifetime":"once","scope":"domain","port":"any"}"#;
+        let envelope = parse_request(line).unwrap();
+        assert_eq!(
+            envelope.request,
             Request::Decide {
                 id: 3,
-                action: Action::Allow,
-                lifetime: LifetimeSpec::Forever
+                action: Action::Deny,
+                lifetime: LifetimeSpec::Once,
+                scope: crate::protocol::Scope::Domain,
+                port: crate::protocol::PortScope::Any,
             }
         );
     }

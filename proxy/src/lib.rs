@@ -7,6 +7,8 @@
 //! - [`naming`] names a connection's destination from DNS answers or its first bytes.
 //! - [`daemon`] ties these together: accept, look up rules, hold, relay or reset; [`udp`] does
 //!   the same for UDP flows.
+//! - [`tracking`] lists the connections seen, with live byte counts that [`counting`] streams
+//!   keep, for the monitor.
 //! - [`rule_book`] keeps the daemon's rules in memory and in the rule store, [`clock`] reads
 //!   the clocks rules expire by, and [`process`] identifies processes by pid and start time.
 //! - [`control`] serves the control socket; [`protocol`] defines what is said on it, and
@@ -21,6 +23,7 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod control;
+pub mod counting;
 pub mod daemon;
 pub mod exe_hash;
 pub mod firewall;
@@ -31,6 +34,7 @@ pub mod process;
 pub mod protocol;
 pub mod report;
 pub mod rule_book;
+pub mod tracking;
 pub mod transparent;
 pub mod udp;
 pub mod unreachable;

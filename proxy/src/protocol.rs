@@ -60,7 +60,16 @@ pub enum Request {
         /// How long the decision lasts. `until_exit` without a pid means the process of the
         /// pending request.
         lifetime: LifetimeSpec,
+        /// Destinations the decision covers; the request's host when absent.
+        #[serde(default)]
+        scope: Scope,
+        /// Ports the decision covers; the request's own port when absent.
+        #[serde(default)]
+        port: PortScope,
     },
+    /// Lists the connections in progress and the most recently ended ones, with their byte
+    /// counts and verdicts.
+    ListConnections,
     /// Lists every rule and the conflicts between them.
     ListRules,
     /// Adds a rule.
@@ -101,6 +110,47 @@ pub enum Request {
         /// Whether connections are diverted to the daemon.
         enabled: bool,
     },
+}
+
+impl Request {
+    /// Returns a decision on pending request `id` that covers its own host and port, as the
+    /// `tollgate allow` and `deny` commands make by default.
+    pub fn decide(id: u64, action: Action, lifetime: LifetimeSpec) -> Self {
+        Self::Decide {
+            id,
+            action,
+            lifetime,
+            scope: Scope::Host,
+            port: PortScope::This,
+        }
+    }
+}
+
+/// Destinations a decision on a pending request covers. A decision with lifetime once and a
+/// wider scope or port than the request's own settles the other pending requests of the same
+/// program that it covers, without adding a rule.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// The request's host name when one is known, else its destination address.
+    #[default]
+    Host,
+    /// The request's registrable domain (`example.com` for `www.cdn.example.com`) and all its
+    /// subdomains; needs a known host name.
+    Domain,
+    /// Every destination.
+    AnyHost,
+}
+
+/// Ports a decision on a pending request covers.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PortScope {
+    /// The request's destination port.
+    #[default]
+    This,
+    /// Every port.
+    Any,
 }
 
 /// A rule as a client submits it, before the daemon assigns an id and times.
@@ -218,6 +268,11 @@ pub enum Response {
         explanation: Explanation,
         /// The rules the explanation names.
         rules: Vec<Rule>,
+    },
+    /// Reply to [`Request::ListConnections`].
+    Connections {
+        /// Connections in progress, then recently ended ones, each group oldest first.
+        connections: Vec<ConnectionInfo>,
     },
     /// First reply to [`Request::Watch`]; events follow.
     Watching,
@@ -339,6 +394,55 @@ pub struct ProcessInfo {
     /// distinguishes this process from a later one with the same pid.
     #[serde(default)]
     pub start_time: Option<u64>,
+}
+
+/// State of a connection's verdict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionState {
+    /// Seen, and not yet decided or held.
+    New,
+    /// Held, waiting for a decision.
+    Pending,
+    /// Allowed: relayed, or failed to reach its destination.
+    Allowed,
+    /// Denied: reset, or its datagrams dropped.
+    Denied,
+}
+
+/// One diverted connection or UDP flow as [`Request::ListConnections`] reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConnectionInfo {
+    /// Connection identifier, as in events.
+    pub connection: u64,
+    /// The process, or `None` when it is unknown.
+    pub process: Option<ProcessInfo>,
+    /// Source address.
+    pub source: SocketAddr,
+    /// Original destination.
+    pub destination: SocketAddr,
+    /// Host name of the destination, when one is known.
+    pub host: Option<String>,
+    /// The way `host` was learned.
+    pub name_source: NameSource,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// The verdict so far.
+    pub state: ConnectionState,
+    /// The pending request holding the connection, while it is pending.
+    pub pending_id: Option<u64>,
+    /// Origin of the verdict, once decided.
+    pub decided_by: Option<DecidedBy>,
+    /// Start of the connection, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// End of the connection, in milliseconds since the Unix epoch; `None` while it is open.
+    pub ended_unix_ms: Option<u64>,
+    /// Bytes relayed from the client to the destination so far.
+    pub bytes_up: u64,
+    /// Bytes relayed from the destination to the client so far.
+    pub bytes_down: u64,
+    /// Reason the relay failed, if it did.
+    pub error: Option<String>,
 }
 
 /// A pending request: one or more identical held connections waiting for a decision.

@@ -21,6 +21,7 @@ use crate::{
     config::Config,
     daemon::{Flow, Shared, closed, unmap, verdict_for},
     protocol::EventKind,
+    tracking::ByteCounters,
     transparent, unreachable,
 };
 
@@ -286,7 +287,7 @@ async fn relay(shared: &Shared, table: &FlowTable, flow: &Flow, first: Vec<u8>) 
         }
         _ => Vec::new(),
     };
-    let mut counts = Counts::default();
+    let mut counts = Counts(shared.byte_counters(flow.connection));
     for payload in std::iter::once(first).chain(queued) {
         counts.send_up(&upstream, &payload).await;
     }
@@ -303,24 +304,30 @@ async fn relay(shared: &Shared, table: &FlowTable, flow: &Flow, first: Vec<u8>) 
     shared.active.fetch_sub(1, Ordering::Relaxed);
     table.lock().remove(&key);
     debug!(
-        bytes_up = counts.up,
-        bytes_down = counts.down,
+        bytes_up = counts.up(),
+        bytes_down = counts.down(),
         "UDP flow ended"
     );
-    shared.emit(flow, closed(counts.up, counts.down, error));
+    shared.emit(flow, closed(counts.up(), counts.down(), error));
 }
 
-/// Bytes relayed each way.
-#[derive(Default)]
-struct Counts {
-    up: u64,
-    down: u64,
-}
+/// Bytes relayed each way, which the monitor reads while the flow runs.
+struct Counts(ByteCounters);
 
 impl Counts {
+    fn up(&self) -> u64 {
+        self.0.up.load(Ordering::Relaxed)
+    }
+
+    fn down(&self) -> u64 {
+        self.0.down.load(Ordering::Relaxed)
+    }
+
     async fn send_up(&mut self, upstream: &UdpSocket, payload: &[u8]) {
         match upstream.send(payload).await {
-            Ok(sent) => self.up += sent as u64,
+            Ok(sent) => {
+                self.0.up.fetch_add(sent as u64, Ordering::Relaxed);
+            }
             // A refused send (ICMP from the destination) is normal for UDP.
             Err(err) => debug!(error = %err, "failed to send datagram upstream"),
         }
@@ -347,7 +354,9 @@ async fn copy_until_idle(
             Some(payload) = stragglers.recv() => counts.send_up(upstream, &payload).await,
             received = upstream.recv(&mut from_server) => match received {
                 Ok(len) => match reply.send(&from_server[..len]).await {
-                    Ok(sent) => counts.down += sent as u64,
+                    Ok(sent) => {
+                        counts.0.down.fetch_add(sent as u64, Ordering::Relaxed);
+                    }
                     Err(err) => debug!(error = %err, "failed to send datagram to client"),
                 },
                 // ECONNREFUSED after an ICMP port unreachable; the flow may still recover.

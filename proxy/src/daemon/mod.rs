@@ -35,15 +35,17 @@ use crate::{
     clock,
     config::{Config, Mode},
     control::{self, ControlListener},
+    counting::CountingStream,
     firewall::{DnsSpec, HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     naming::{self, DaemonAskers, Naming},
     policy::{FlowFacts, Policy},
     protocol::{
-        DecidedBy, ErrorCode, Event, EventKind, Expected, NameMapStatus, PendingInfo, ProcessInfo,
-        Response, StatusInfo,
+        ConnectionInfo, DecidedBy, ErrorCode, Event, EventKind, Expected, NameMapStatus,
+        PendingInfo, ProcessInfo, Response, StatusInfo,
     },
     rule_book::RuleBook,
+    tracking::{ByteCounters, ConnectionTable},
     transparent, udp,
 };
 use rule_requests::connection_facts;
@@ -485,6 +487,8 @@ pub struct Shared {
     /// The DNS diversion, kept to install the table again after `tollgate disable`.
     dns_spec: Option<DnsSpec>,
     decisions: Decisions,
+    /// Connections in progress and recently ended, for the monitor.
+    connections: Mutex<ConnectionTable>,
 }
 
 /// Policy and flow log of audit and enforce mode.
@@ -531,6 +535,7 @@ impl Shared {
             names,
             dns_spec,
             decisions,
+            connections: Mutex::new(ConnectionTable::new()),
         }
     }
 
@@ -683,8 +688,7 @@ impl Shared {
             };
             flow_log.observe(&identity, &kind, time_unix_ms);
         }
-        // Sending fails only when nobody is watching, which is fine.
-        let _ = self.events.send(Event {
+        let event = Event {
             time_unix_ms,
             connection: flow.connection,
             process: flow.process.clone(),
@@ -694,7 +698,27 @@ impl Shared {
             name_source: flow.naming.source,
             protocol: flow.protocol,
             kind,
-        });
+        };
+        self.tracked().observe(&event);
+        // Sending fails only when nobody is watching, which is fine.
+        let _ = self.events.send(event);
+    }
+
+    /// Returns the live byte counters of an allowed connection, for its relay.
+    pub(crate) fn byte_counters(&self, connection: u64) -> ByteCounters {
+        self.tracked().counters(connection)
+    }
+
+    /// Returns the connections in progress, then the recently ended ones.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        self.tracked().list()
+    }
+
+    fn tracked(&self) -> MutexGuard<'_, ConnectionTable> {
+        // Every update of the table completes or makes none, so the poison flag is ignored.
+        self.connections
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -1010,10 +1034,10 @@ fn facts_of(flow: &Flow) -> FlowFacts<'_> {
     }
 }
 
-async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {
+async fn relay(shared: &Shared, flow: &Flow, client: TcpStream) {
     let timeout = shared.config.upstream_connect_timeout();
     let mark = shared.config.interception.bypass_mark;
-    let mut upstream = match transparent::connect_upstream(flow.destination, mark, timeout).await {
+    let upstream = match transparent::connect_upstream(flow.destination, mark, timeout).await {
         Ok(upstream) => upstream,
         Err(err) => {
             info!(error = %err, "upstream connect failed; resetting client");
@@ -1026,6 +1050,9 @@ async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {
         }
     };
 
+    let counters = shared.byte_counters(flow.connection);
+    let mut client = CountingStream::new(client, Arc::clone(&counters.up));
+    let mut upstream = CountingStream::new(upstream, Arc::clone(&counters.down));
     shared.active.fetch_add(1, Ordering::Relaxed);
     let result = tokio::io::copy_bidirectional_with_sizes(
         &mut client,
@@ -1042,11 +1069,14 @@ async fn relay(shared: &Shared, flow: &Flow, mut client: TcpStream) {
             shared.emit(flow, closed(up, down, None));
         }
         Err(err) => {
-            // Mirror a reset or failure on either side as a reset of both.
+            // Mirror a reset or failure on either side as a reset of both. The counts say how
+            // far the relay got.
             debug!(error = %err, "relay failed; resetting both sides");
-            transparent::reset(client);
-            transparent::reset(upstream);
-            shared.emit(flow, closed(0, 0, Some(format!("relay failed: {err}"))));
+            transparent::reset(client.into_inner());
+            transparent::reset(upstream.into_inner());
+            let up = counters.up.load(Ordering::Relaxed);
+            let down = counters.down.load(Ordering::Relaxed);
+            shared.emit(flow, closed(up, down, Some(format!("relay failed: {err}"))));
         }
     }
 }

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 
 use tollgate_rules::{
-    AddressMatch, Clock, ConnectionFacts, Destination, Lifetime, LifetimeSpec, PortMatch,
-    ProcessStart, Protocol, Rule, RuleId, Subject, exchange,
+    AddressMatch, Clock, ConnectionFacts, Destination, DomainName, Lifetime, LifetimeSpec,
+    PortMatch, ProcessStart, Protocol, Rule, RuleId, Subject, exchange,
 };
 use tracing::{error, info};
 
@@ -14,7 +14,10 @@ use crate::{
     clock,
     holding::Verdict,
     process::process_start,
-    protocol::{DecidedBy, ErrorCode, NewRule, PendingInfo, ProcessInfo, Response, RuleChanges},
+    protocol::{
+        DecidedBy, ErrorCode, NewRule, PendingInfo, PortScope, ProcessInfo, Response, RuleChanges,
+        Scope,
+    },
 };
 
 impl Shared {
@@ -29,12 +32,15 @@ impl Shared {
     }
 
     /// Settles pending request `id` with `action`, adding a rule for it unless `lifetime` is
-    /// once. A stored rule is on disk before this returns.
+    /// once. A stored rule is on disk before this returns. `coverage` names the destinations
+    /// and ports the decision covers. A once decision wider than the request's own host and
+    /// port also settles the other pending requests of the same program that it covers.
     pub fn decide(
         &self,
         id: u64,
         action: tollgate_rules::Action,
         lifetime: LifetimeSpec,
+        coverage: (Scope, PortScope),
     ) -> Result<Response, RequestError> {
         let mut state = self.lock();
         let Some(info) = state.pending.list().into_iter().find(|info| info.id == id) else {
@@ -43,13 +49,15 @@ impl Shared {
             )));
         };
         let now = clock::now();
+        let destination = covered_destination(&info, coverage)?;
         let rule = match lifetime {
             LifetimeSpec::Once => None,
             _ => {
                 let process = pending_process(&info, lifetime)?;
                 let lifetime = resolve(lifetime, &now, process)?;
                 let rule_id = state.book.rules().next_id();
-                let rule = rule_for_pending(&info, action, lifetime, rule_id, now.unix_ms);
+                let rule = rule_for_pending(&info, destination.clone(), action, lifetime, rule_id);
+                let rule = stamped(rule, now.unix_ms);
                 add_rules(&mut state, vec![rule.clone()])?;
                 Some(rule)
             }
@@ -63,8 +71,20 @@ impl Shared {
             Some(group) => group.settle(verdict),
             None => 0,
         };
+        if rule.is_none() && coverage != (Scope::Host, PortScope::This) {
+            // A wide once decision adds no rule but settles the burst it covers.
+            let once = rule_for_pending(
+                &info,
+                destination,
+                action,
+                Lifetime::UntilRestart,
+                RuleId(1),
+            );
+            settled += settle_covered(&mut state, once, verdict);
+        }
         settled += settle_decided(&mut state);
-        info!(pending = id, %action, %lifetime, settled, "pending request decided");
+        let (scope, port) = coverage;
+        info!(pending = id, %action, %lifetime, ?scope, ?port, settled, "pending request decided");
         Ok(Response::Decided { settled, rule })
     }
 
@@ -334,29 +354,83 @@ fn resolve(
         .ok_or_else(|| invalid("lifetime until_exit needs the pid of a running process".into()))
 }
 
+/// Returns the destination a decision on `info` covers: the scope's host, domain or any
+/// address, the request's port or any port, and its protocol.
+fn covered_destination(
+    info: &PendingInfo,
+    (scope, port): (Scope, PortScope),
+) -> Result<Destination, RequestError> {
+    let host = info
+        .host
+        .as_deref()
+        .and_then(|host| host.parse::<DomainName>().ok());
+    let address = match (scope, host) {
+        (Scope::Host, Some(host)) => AddressMatch::Host(host),
+        (Scope::Host, None) => AddressMatch::Ip(info.destination.ip()),
+        (Scope::Domain, Some(host)) => AddressMatch::Domain(registrable_domain(&host)),
+        (Scope::Domain, None) => {
+            return Err(invalid(format!(
+                "pending request {} has no known host name, so a decision cannot cover its                  domain; choose scope host or any_host",
+                info.id
+            )));
+        }
+        (Scope::AnyHost, _) => AddressMatch::Any,
+    };
+    let port = match port {
+        PortScope::This => PortMatch::Port(info.destination.port()),
+        PortScope::Any => PortMatch::Any,
+    };
+    Ok(Destination {
+        address,
+        port,
+        protocol: info.protocol.into(),
+    })
+}
+
+/// Returns the registrable domain of `host` by the public suffix list: `example.co.uk` for
+/// `www.example.co.uk`. A host that is itself a public suffix, or a single label, is returned
+/// as it is.
+pub(super) fn registrable_domain(host: &DomainName) -> DomainName {
+    psl::domain_str(host.as_str())
+        .and_then(|domain| domain.parse().ok())
+        .unwrap_or_else(|| host.clone())
+}
+
 /// Builds the rule that a decision on a pending request creates: this executable (or any
-/// process when unknown), this address, port and protocol.
+/// process when unknown) and the covered destination.
 fn rule_for_pending(
     info: &PendingInfo,
+    destination: Destination,
     action: tollgate_rules::Action,
     lifetime: Lifetime,
     id: RuleId,
-    now_unix_ms: u64,
 ) -> Rule {
     let subject = match info.process.as_ref().and_then(|p| p.executable.clone()) {
         Some(path) => Subject::executable(path),
         None => Subject::any(),
     };
-    let destination = Destination {
-        address: AddressMatch::Ip(info.destination.ip()),
-        port: PortMatch::Port(info.destination.port()),
-        protocol: info.protocol.into(),
-    };
     let mut rule = Rule::new(id, subject, destination, action, lifetime);
     rule.note = format!("answer to pending request {}", info.id);
+    rule
+}
+
+fn stamped(mut rule: Rule, now_unix_ms: u64) -> Rule {
     rule.created_unix_ms = now_unix_ms;
     rule.updated_unix_ms = now_unix_ms;
     rule
+}
+
+/// Settles the pending requests that `rule` covers with `verdict`, without adding the rule.
+fn settle_covered(state: &mut State, rule: Rule, verdict: Verdict) -> usize {
+    let once = tollgate_rules::RuleSet::from_rules(vec![rule]);
+    let now = clock::now();
+    let groups = state.pending.take_matching(|info| {
+        let mut facts = connection_facts(info.process.as_ref(), info.destination, info.protocol);
+        facts.hosts.extend(info.host.clone());
+        facts.canonicalize();
+        once.decide(&facts.as_connection(), &now).is_some()
+    });
+    groups.into_iter().map(|group| group.settle(verdict)).sum()
 }
 
 fn store_failed(operation: &str, ids: &[RuleId], err: &tollgate_rules::StoreError) -> RequestError {
@@ -373,4 +447,24 @@ fn invalid(message: String) -> RequestError {
 
 fn not_found(message: String) -> RequestError {
     (ErrorCode::NotFound, message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registrable(host: &str) -> String {
+        registrable_domain(&host.parse().unwrap()).to_string()
+    }
+
+    #[test]
+    fn registrable_domain_uses_suffix_list() {
+        assert_eq!(registrable("www.cdn.example.com"), "example.com");
+        assert_eq!(registrable("www.example.co.uk"), "example.co.uk");
+        assert_eq!(registrable("a.b.example.test"), "example.test");
+        assert_eq!(registrable("example.com"), "example.com");
+        // A public suffix or a single label has no registrable domain, so it is kept as it is.
+        assert_eq!(registrable("co.uk"), "co.uk");
+        assert_eq!(registrable("localhost"), "localhost");
+    }
 }

@@ -14,7 +14,7 @@ use tollgate_proxy::{
     client::Client,
     config::DEFAULT_CONTROL_SOCKET,
     policy::Policy,
-    protocol::{PendingInfo, Request, Response},
+    protocol::{ConnectionState, DecidedBy, PendingInfo, PortScope, Request, Response, Scope},
     report::{Summary, violations},
 };
 use tollgate_rules::{Action, LifetimeSpec};
@@ -71,6 +71,13 @@ enum Command {
     Disable,
     /// Divert connections to the daemon again after `tollgate disable`.
     Enable,
+    /// List the connections in progress and the recently ended ones, with their state, the
+    /// rule that decided them and their byte counts.
+    Connections {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Print connection events as they happen, until interrupted.
     Watch {
         /// Print one JSON object per line.
@@ -98,6 +105,15 @@ struct DecideArgs {
     /// Create a rule that is stored and lasts across restarts.
     #[arg(long, group = "lifetime")]
     forever: bool,
+    /// Cover the request's registrable domain and all its subdomains, not only its host.
+    #[arg(long, group = "scope")]
+    domain: bool,
+    /// Cover every destination of the program, not only the request's host.
+    #[arg(long, group = "scope")]
+    any_host: bool,
+    /// Cover every port, not only the request's port.
+    #[arg(long)]
+    any_port: bool,
 }
 
 impl DecideArgs {
@@ -175,6 +191,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rules(command) => rules::run(&mut client, command).await?,
         Command::Explain(args) => explain::run(&mut client, args).await?,
         Command::Watch { json } => watch(&mut client, json).await?,
+        Command::Connections { json } => connections(&mut client, json).await?,
         Command::Report { .. } => unreachable!("report runs without the daemon, in main"),
         Command::Disable => set_interception(&mut client, false).await?,
         Command::Enable => set_interception(&mut client, true).await?,
@@ -214,10 +231,24 @@ async fn status(client: &mut Client) -> anyhow::Result<()> {
 }
 
 async fn decide(client: &mut Client, args: &DecideArgs, action: Action) -> anyhow::Result<()> {
+    let scope = if args.domain {
+        Scope::Domain
+    } else if args.any_host {
+        Scope::AnyHost
+    } else {
+        Scope::Host
+    };
+    let port = if args.any_port {
+        PortScope::Any
+    } else {
+        PortScope::This
+    };
     let request = Request::Decide {
         id: args.id,
         action,
         lifetime: args.lifetime()?,
+        scope,
+        port,
     };
     let Response::Decided { settled, rule } = expect(client.request(request).await?)? else {
         bail!("unexpected reply to {action}");
@@ -278,6 +309,57 @@ fn print_pending(requests: &[PendingInfo]) {
             age_secs(request.started_unix_ms)
         );
     }
+}
+
+async fn connections(client: &mut Client, json: bool) -> anyhow::Result<()> {
+    let Response::Connections { connections } =
+        expect(client.request(Request::ListConnections).await?)?
+    else {
+        bail!("unexpected reply to list_connections");
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&connections)?);
+        return Ok(());
+    }
+    if connections.is_empty() {
+        println!("no connections seen yet");
+        return Ok(());
+    }
+    println!(
+        "{:<6} {:<28} {:<40} {:<28} {:<5} {:<8} {:<10} {:>10} {:>10}",
+        "ID", "PROCESS", "DESTINATION", "HOST", "PROTO", "STATE", "BY", "UP", "DOWN"
+    );
+    for connection in &connections {
+        let state = match (connection.state, connection.ended_unix_ms) {
+            (_, Some(_)) if connection.state == ConnectionState::Allowed => "ended",
+            (ConnectionState::New, _) => "new",
+            (ConnectionState::Pending, _) => "pending",
+            (ConnectionState::Allowed, _) => "allowed",
+            (ConnectionState::Denied, _) => "denied",
+        };
+        let by = match connection.decided_by {
+            Some(DecidedBy::Rule { rule }) => format!("rule {rule}"),
+            Some(DecidedBy::User) => "user".to_owned(),
+            Some(DecidedBy::Timeout) => "timeout".to_owned(),
+            Some(DecidedBy::Limit) => "limit".to_owned(),
+            Some(DecidedBy::Audit { .. }) => "audit".to_owned(),
+            Some(DecidedBy::Policy { .. }) => "policy".to_owned(),
+            None => "-".to_owned(),
+        };
+        println!(
+            "{:<6} {:<28} {:<40} {:<28} {:<5} {:<8} {:<10} {:>10} {:>10}",
+            connection.connection,
+            describe_process(connection.process.as_ref()),
+            connection.destination.to_string(),
+            connection.host.as_deref().unwrap_or("-"),
+            connection.protocol.to_string(),
+            state,
+            by,
+            connection.bytes_up,
+            connection.bytes_down
+        );
+    }
+    Ok(())
 }
 
 async fn set_interception(client: &mut Client, enabled: bool) -> anyhow::Result<()> {
