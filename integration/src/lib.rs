@@ -18,6 +18,7 @@
 //! - [`cgroup`]: [`cgroup::TestCgroup`], the child cgroup the daemon attributes processes in;
 //! - [`dns`]: the lab's DNS server (dnsmasq) and desk's resolv.conf;
 //! - [`display`]: [`display::VirtualDisplay`], an Xvfb server for tests of `tollgate-ui`;
+//! - [`watch`]: [`watch::Watcher`], a client of the daemon's event stream;
 //! - [`bench`]: statistics, iperf3 results, `/proc` readings and the report of `tollgate-bench`.
 //!
 //! ```no_run
@@ -48,6 +49,7 @@ pub mod pattern;
 pub mod process;
 mod servers;
 pub mod topology;
+pub mod watch;
 
 pub use binary::{BinaryNotFoundError, workspace_binary};
 pub use lab::{Lab, LabError};

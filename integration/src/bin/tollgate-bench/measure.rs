@@ -17,10 +17,10 @@ use tollgate_integration::{
     bench::{
         iperf::{self, IPERF_PORT, TcpDownload, UdpUpload},
         procfs,
-        watch::Watcher,
     },
     daemon::Daemon,
     topology::{BULK_PORT, HTTP_PORT, SERVER_A_V4, SERVER_B_V4},
+    watch::Watcher,
     workspace_binary,
 };
 
@@ -165,9 +165,11 @@ impl<'lab> Bench<'lab> {
             cost.bulk_bytes += bulk_one.bytes + bulk_many.bytes;
         }
 
+        // Latencies first: a burst of connections slows the next ones down for seconds, with
+        // Tollgate off as well.
         let cpu = cpu_of(daemon.as_ref())?;
-        let rate = self.connection_rate()?;
         let latency = self.latency()?;
+        let rate = self.connection_rate()?;
         if let Some((pid, cost)) = daemon.as_mut() {
             cost.connection_cpu += procfs::cpu_time(*pid)? - cpu;
             cost.connections += settings.connections + settings.latency_samples;
@@ -319,14 +321,12 @@ impl<'lab> Bench<'lab> {
             stdin.flush().context("failed to write to bench-client")?;
             let line = client.read_line()?;
             let (started_ns, port) = parse_probe_line(&line)?;
-            let event = loop {
-                let event = watcher
-                    .next_held(EVENT_TIMEOUT)
-                    .ok_or_else(|| anyhow!("no held event for port {port} in {EVENT_TIMEOUT:?}"))?;
-                if event.source.port() == port {
-                    break event;
-                }
-            };
+            let event = watcher
+                .wait_for(EVENT_TIMEOUT, |event| {
+                    event.kind() == "held"
+                        && event.source().is_some_and(|source| source.port() == port)
+                })
+                .ok_or_else(|| anyhow!("no held event for port {port} in {EVENT_TIMEOUT:?}"))?;
             latencies.push(event.received_ns.saturating_sub(started_ns) as f64 / 1e6);
         }
         drop(stdin);

@@ -1,4 +1,4 @@
-//! A `watch` client of the daemon's control socket that notes when each `held` event arrives.
+//! A `watch` client of the daemon's control socket: each event with the time it arrived.
 
 use std::{
     io::{self, BufRead, BufReader, Write},
@@ -17,13 +17,25 @@ use crate::bench::clock::monotonic_ns;
 /// The request line that starts the event stream (control protocol version 1).
 const WATCH_REQUEST: &[u8] = b"{\"version\":1,\"type\":\"watch\"}\n";
 
-/// A `held` event as the watcher received it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HeldEvent {
-    /// Source address of the held connection.
-    pub source: SocketAddr,
-    /// `CLOCK_MONOTONIC` in nanoseconds when the event's line was read.
+/// An event as the watcher received it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedEvent {
+    /// The event line, as the control protocol defines it.
+    pub event: Value,
+    /// `CLOCK_MONOTONIC` in nanoseconds when the line was read.
     pub received_ns: u64,
+}
+
+impl ReceivedEvent {
+    /// Returns the kind of event: `held`, `decided` or `closed`.
+    pub fn kind(&self) -> &str {
+        self.event["event"].as_str().unwrap_or_default()
+    }
+
+    /// Returns the source address of the connection.
+    pub fn source(&self) -> Option<SocketAddr> {
+        self.event["source"].as_str()?.parse().ok()
+    }
 }
 
 /// A connection to the control socket in watch mode, read by a thread of its own.
@@ -32,7 +44,7 @@ pub struct HeldEvent {
 #[derive(Debug)]
 pub struct Watcher {
     stream: UnixStream,
-    events: mpsc::Receiver<HeldEvent>,
+    events: mpsc::Receiver<ReceivedEvent>,
     reader: Option<JoinHandle<()>>,
 }
 
@@ -57,7 +69,7 @@ impl Watcher {
         let (sender, events) = mpsc::channel();
         let reader = thread::Builder::new()
             .name("bench watcher".into())
-            .spawn(move || read_held_events(reader, &sender))?;
+            .spawn(move || read_events(reader, &sender))?;
         Ok(Self {
             stream,
             events,
@@ -65,9 +77,26 @@ impl Watcher {
         })
     }
 
-    /// Waits up to `timeout` for the next `held` event.
-    pub fn next_held(&self, timeout: Duration) -> Option<HeldEvent> {
+    /// Waits up to `timeout` for the next event.
+    pub fn next_event(&self, timeout: Duration) -> Option<ReceivedEvent> {
         self.events.recv_timeout(timeout).ok()
+    }
+
+    /// Waits up to `timeout` in all for an event for which `matches` holds, and skips the
+    /// events before it.
+    pub fn wait_for(
+        &self,
+        timeout: Duration,
+        mut matches: impl FnMut(&ReceivedEvent) -> bool,
+    ) -> Option<ReceivedEvent> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = self.next_event(left)?;
+            if matches(&event) {
+                return Some(event);
+            }
+        }
     }
 }
 
@@ -81,8 +110,8 @@ impl Drop for Watcher {
     }
 }
 
-/// Reads event lines until the stream ends, and sends each `held` event on.
-fn read_held_events(mut reader: BufReader<UnixStream>, sender: &mpsc::Sender<HeldEvent>) {
+/// Reads event lines until the stream ends, and sends each event on.
+fn read_events(mut reader: BufReader<UnixStream>, sender: &mpsc::Sender<ReceivedEvent>) {
     let mut line = String::new();
     loop {
         line.clear();
@@ -91,11 +120,8 @@ fn read_held_events(mut reader: BufReader<UnixStream>, sender: &mpsc::Sender<Hel
             Ok(_) => {}
         }
         let received_ns = monotonic_ns();
-        if let Some(source) = held_source(&line) {
-            let event = HeldEvent {
-                source,
-                received_ns,
-            };
+        if let Some(event) = parse_event(&line) {
+            let event = ReceivedEvent { event, received_ns };
             if sender.send(event).is_err() {
                 return;
             }
@@ -103,13 +129,10 @@ fn read_held_events(mut reader: BufReader<UnixStream>, sender: &mpsc::Sender<Hel
     }
 }
 
-/// Returns the source address of a `held` event line, or `None` for any other line.
-fn held_source(line: &str) -> Option<SocketAddr> {
+/// Returns the event of an `event` line, or `None` for any other line.
+fn parse_event(line: &str) -> Option<Value> {
     let message: Value = serde_json::from_str(line).ok()?;
-    if message["type"] != "event" || message["event"] != "held" {
-        return None;
-    }
-    message["source"].as_str()?.parse().ok()
+    (message["type"] == "event").then_some(message)
 }
 
 /// How long the daemon may take to confirm the watch request.
@@ -120,19 +143,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn held_event_gives_source() {
+    fn event_line_gives_kind_and_source() {
         let line = r#"{"type":"event","time_unix_ms":1,"connection":3,"process":null,
             "source":"10.77.0.2:40000","destination":"203.0.113.20:80","protocol":"tcp",
             "event":"held","pending_id":1}"#;
 
-        assert_eq!(held_source(line), Some("10.77.0.2:40000".parse().unwrap()));
+        let event = ReceivedEvent {
+            event: parse_event(line).unwrap(),
+            received_ns: 0,
+        };
+
+        assert_eq!(event.kind(), "held");
+        assert_eq!(event.source(), Some("10.77.0.2:40000".parse().unwrap()));
     }
 
     #[test]
-    fn other_events_are_skipped() {
-        let line = r#"{"type":"event","source":"10.77.0.2:40000","event":"decided"}"#;
-
-        assert_eq!(held_source(line), None);
-        assert_eq!(held_source("not json"), None);
+    fn other_lines_are_skipped() {
+        assert_eq!(parse_event(r#"{"type":"watching"}"#), None);
+        assert_eq!(parse_event("not json"), None);
     }
 }
