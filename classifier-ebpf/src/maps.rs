@@ -2,11 +2,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tollgate_classifier_common::{
-    COUNTER_COUNT, Counter, FLOW_OWNER_CAPACITY, FlowKey, KernelOffsets, OwnerRecord,
-    SOCKET_OWNER_CAPACITY,
+    COUNTER_COUNT, Counter, DENIED_SENDS_CAPACITY, DeniedSend, EXECUTABLES_CAPACITY, ExeEntry,
+    FAST_SOCKETS_CAPACITY, FLOW_EVENTS_SIZE, FLOW_OWNER_CAPACITY, FastPathConfig, FastSocket,
+    FlowKey, KernelOffsets, OwnerRecord, SOCKET_OWNER_CAPACITY, VERDICTS_CAPACITY, VerdictKey,
+    VerdictValue,
 };
 
 /// Owner of each flow, keyed by the flow's addresses as they appear on the wire.
@@ -31,6 +33,36 @@ pub static KERNEL_OFFSETS: Array<KernelOffsets> = Array::with_max_entries(1, 0);
 /// of it and then filled in place, because the record does not fit on the 512-byte BPF stack.
 #[map]
 pub static EMPTY_OWNER: Array<OwnerRecord> = Array::with_max_entries(1, 0);
+
+/// Settings of the fast path, written by the daemon.
+#[map]
+pub static FAST_PATH_CONFIG: Array<FastPathConfig> = Array::with_max_entries(1, 0);
+
+/// Verdicts of the daemon's rules, applied at `connect()` and `sendmsg()`. When it is full the
+/// least recently used verdicts go first, so that verdicts of retired generations, which no
+/// lookup uses, make room for current ones.
+#[map]
+pub static VERDICTS: LruHashMap<VerdictKey, VerdictValue> =
+    LruHashMap::with_max_entries(VERDICTS_CAPACITY, 0);
+
+/// Executables that rules name, keyed by the hash of their path.
+#[map]
+pub static EXECUTABLES: HashMap<u64, ExeEntry> = HashMap::with_max_entries(EXECUTABLES_CAPACITY, 0);
+
+/// Sockets that a verdict allowed at `connect()`, keyed by socket cookie. An entry is removed
+/// when its socket closes; a full map makes later sockets take the path through the proxy.
+#[map]
+pub static FAST_SOCKETS: HashMap<u64, FastSocket> =
+    HashMap::with_max_entries(FAST_SOCKETS_CAPACITY, 0);
+
+/// UDP sends already reported as denied, so a flood of denied datagrams makes one event.
+#[map]
+pub static DENIED_SENDS: LruHashMap<DeniedSend, u8> =
+    LruHashMap::with_max_entries(DENIED_SENDS_CAPACITY, 0);
+
+/// Events of the flows the fast path decided, read by the daemon.
+#[map]
+pub static FLOW_EVENTS: RingBuf = RingBuf::with_byte_size(FLOW_EVENTS_SIZE, 0);
 
 /// Adds one to `counter` on the current CPU.
 #[inline(always)]

@@ -7,13 +7,14 @@ use aya_ebpf::{
         bpf_probe_read_kernel,
         generated::{
             bpf_get_current_cgroup_id, bpf_get_current_task, bpf_get_netns_cookie,
-            bpf_get_socket_cookie, bpf_probe_read_kernel_str,
+            bpf_get_socket_cookie, bpf_probe_read_kernel as bpf_probe_read_kernel_buf,
+            bpf_probe_read_kernel_str,
         },
     },
 };
 use tollgate_classifier_common::{
-    Counter, EXE_COMPONENT_MAX, EXE_OFFSET_LIMIT, EXE_WALK_STEPS, KernelOffsets, OFFSETS_EXE_PATH,
-    OFFSETS_EXE_UNLINKED, OFFSETS_TASK, OWNER_EXE_COMPLETE, OWNER_EXE_TRUNCATED,
+    Counter, EXE_BUF_LEN, EXE_COMPONENT_MAX, EXE_OFFSET_LIMIT, EXE_WALK_STEPS, KernelOffsets,
+    OFFSETS_EXE_PATH, OFFSETS_EXE_UNLINKED, OFFSETS_TASK, OWNER_EXE_COMPLETE, OWNER_EXE_TRUNCATED,
     OWNER_EXE_UNLINKED, OWNER_TASK_FIELDS, OwnerRecord,
 };
 
@@ -29,21 +30,33 @@ use crate::maps::{EMPTY_OWNER, KERNEL_OFFSETS, SOCKET_OWNER, count};
 /// NOTE: a socket that stays open across `execve()` keeps the record of the program that first
 /// used it, because the pid does not change.
 #[inline(always)]
-pub fn record_socket_owner(ctx: *mut c_void) {
+pub fn record_socket_owner(ctx: *mut c_void) -> RecordedSocket {
     // SAFETY: `ctx` is the program's own context pointer, which both helpers take.
     let (cookie, netns_cookie) = unsafe { (bpf_get_socket_cookie(ctx), bpf_get_netns_cookie(ctx)) };
+    let mut recorded = RecordedSocket {
+        cookie,
+        netns_cookie,
+        owner: core::ptr::null(),
+    };
     let pid_tgid = bpf_get_current_pid_tgid();
     let pid = (pid_tgid >> 32) as u32;
 
     let record = match SOCKET_OWNER.get_ptr_mut(cookie) {
         // SAFETY: the pointer comes from a successful lookup and stays valid for this run.
-        Some(existing) if unsafe { (*existing).pid } == pid => return,
-        Some(existing) => existing,
+        Some(existing) if unsafe { (*existing).pid } == pid => {
+            recorded.owner = existing;
+            return recorded;
+        }
+        Some(existing) => {
+            clear_exe(existing);
+            existing
+        }
         None => match insert_empty_record(cookie) {
             Some(record) => record,
-            None => return,
+            None => return recorded,
         },
     };
+    recorded.owner = record;
     // SAFETY: `record` points to this socket's map value. Only programs running for this
     // socket write it, and they run in the socket owner's syscalls.
     let record = unsafe { &mut *record };
@@ -64,6 +77,35 @@ pub fn record_socket_owner(ctx: *mut c_void) {
 
     fill_from_task(record);
     count(Counter::SocketRecorded);
+    recorded
+}
+
+/// The socket of a `connect()` or `sendmsg()` and its owner record.
+///
+/// Every field is always set, `owner` to null when no record could be stored: an `Option` would
+/// carry uninitialized bytes in its `None`, which the verifier rejects when LLVM moves them.
+pub struct RecordedSocket {
+    pub cookie: u64,
+    pub netns_cookie: u64,
+    pub owner: *const OwnerRecord,
+}
+
+/// Zeroes the executable path of a record about to be filled again, so that its bytes past the
+/// new path's end are zero, as the fast path's comparison of whole records needs.
+#[inline(always)]
+fn clear_exe(record: *mut OwnerRecord) {
+    let Some(empty) = EMPTY_OWNER.get_ptr(0) else {
+        return;
+    };
+    // SAFETY: both pointers come from successful map lookups and point to records whose `exe`
+    // is EXE_BUF_LEN bytes long. The helper copies the all-zero path over the old one.
+    unsafe {
+        bpf_probe_read_kernel_buf(
+            (&raw mut (*record).exe).cast(),
+            EXE_BUF_LEN as u32,
+            (&raw const (*empty).exe).cast(),
+        );
+    }
 }
 
 /// Inserts an all-zero record for `cookie` and returns a pointer to the map's copy.

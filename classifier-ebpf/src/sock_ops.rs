@@ -1,22 +1,60 @@
-//! `sock_ops`: records the flow of a TCP connection once its source port is chosen.
+//! `sock_ops`: records the flow of a TCP connection once its source port is chosen, and reports
+//! the start and end of the connections that the fast path allowed.
 //!
 //! `BPF_SOCK_OPS_TCP_CONNECT_CB` runs inside `connect()` after the source port is bound and
 //! before the SYN is sent, so the flow entry exists before the peer can accept the connection.
+//! For a fast socket it also turns on `BPF_SOCK_OPS_STATE_CB`, which reports the change to
+//! `TCP_CLOSE` with the socket's byte counts.
 
 use aya_ebpf::{
-    EbpfContext as _, bindings::BPF_SOCK_OPS_TCP_CONNECT_CB,
-    helpers::generated::bpf_get_socket_cookie, macros::sock_ops, programs::SockOpsContext,
+    EbpfContext as _,
+    bindings::{
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_SOCK_OPS_TCP_CONNECT_CB,
+        BPF_TCP_CLOSE, BPF_TCP_SYN_SENT,
+    },
+    helpers::generated::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
 };
 use tollgate_classifier_common::{AF_INET, AF_INET6, Counter, FlowKey, IPPROTO_TCP, Ports};
 
-use crate::maps::{SOCKET_OWNER, count, record_flow};
+use crate::{
+    fast_path,
+    maps::{SOCKET_OWNER, count, record_flow},
+};
 
 #[sock_ops]
 pub fn sock_ops(ctx: SockOpsContext) -> u32 {
-    if ctx.op() == BPF_SOCK_OPS_TCP_CONNECT_CB {
-        record_connect(&ctx);
+    match ctx.op() {
+        BPF_SOCK_OPS_TCP_CONNECT_CB => record_connect(&ctx),
+        BPF_SOCK_OPS_STATE_CB => state_changed(&ctx),
+        _ => {}
     }
     1
+}
+
+/// Ends a fast socket's flow when the connection closes. `args[0]` is the old state and
+/// `args[1]` the new one.
+#[inline(always)]
+fn state_changed(ctx: &SockOpsContext) {
+    if ctx.arg(1) != BPF_TCP_CLOSE {
+        return;
+    }
+    // SAFETY: `ctx` is the program's own context pointer, which the helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let ops = ctx.ops;
+    // SAFETY: these are readable members of the `bpf_sock_ops` context, each read with one
+    // load of its own size.
+    let counters = unsafe {
+        fast_path::TcpCounters {
+            bytes_acked: core::ptr::read_volatile(&raw const (*ops).bytes_acked),
+            bytes_received: core::ptr::read_volatile(&raw const (*ops).bytes_received),
+            snd_una: read_field(&raw const (*ops).snd_una),
+            snd_nxt: read_field(&raw const (*ops).snd_nxt),
+            failed: ctx.arg(0) == BPF_TCP_SYN_SENT,
+        }
+    };
+    fast_path::close_tcp(cookie, &counters);
 }
 
 #[inline(always)]
@@ -27,6 +65,7 @@ fn record_connect(ctx: &SockOpsContext) {
         count(Counter::SocketRecordMissing);
         return;
     };
+    let owner_ptr = owner;
     // SAFETY: the pointer comes from a successful map lookup and stays valid for this run.
     let owner = unsafe { &*owner };
 
@@ -78,6 +117,11 @@ fn record_connect(ctx: &SockOpsContext) {
         _ => return,
     };
     record_flow(&key, owner);
+    if fast_path::announce_tcp(cookie, &key, owner_ptr) {
+        // The closed event needs the change to TCP_CLOSE, which only comes with this flag.
+        let flags = ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG;
+        let _ = ctx.set_cb_flags(flags as i32);
+    }
 }
 
 /// Reads one `u32` context field.

@@ -218,6 +218,7 @@ fn restart_attaches_without_duplicates() {
         "connect4",
         "connect6",
         "egress",
+        "ingress",
         "sendmsg4",
         "sendmsg6",
         "sock_ops",

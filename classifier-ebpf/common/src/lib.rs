@@ -6,6 +6,10 @@
 #![no_std]
 #![warn(missing_docs)]
 
+mod fast_path;
+
+pub use fast_path::*;
+
 /// Address family of an IPv4 flow (`AF_INET`).
 pub const AF_INET: u8 = 2;
 /// Address family of an IPv6 flow (`AF_INET6`).
@@ -261,14 +265,26 @@ pub enum Counter {
     PacketUnparsed = 5,
     /// An executable path did not fit in [`OwnerRecord::exe`].
     ExePathTruncated = 6,
+    /// A verdict allowed a `connect()` and the socket got the bypass mark.
+    KernelAllowed = 7,
+    /// A verdict denied a `connect()` or a UDP send.
+    KernelDenied = 8,
+    /// The event ring was full, so an event was lost.
+    FlowEventLost = 9,
+    /// A verdict allowed a `connect()`, but the fast socket map was full or setting the mark
+    /// failed, so the socket took the path through the proxy.
+    FastSocketRejected = 10,
 }
 
 /// Number of entries in the counters map.
-pub const COUNTER_COUNT: u32 = 7;
+pub const COUNTER_COUNT: u32 = 11;
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::{FlowKey, KernelOffsets, OwnerRecord};
+    use super::{
+        DeniedSend, ExeEntry, FastPathConfig, FastSocket, FlowEvent, FlowEventWithOwner, FlowKey,
+        KernelOffsets, OwnerRecord, VerdictKey, VerdictValue,
+    };
 
     // SAFETY: `FlowKey` is `repr(C)`, `Copy`, has no implicit padding and every bit pattern
     // is a valid value.
@@ -278,6 +294,23 @@ mod pod {
     unsafe impl aya::Pod for OwnerRecord {}
     // SAFETY: `KernelOffsets` is `repr(C)`, `Copy`, made of `u32` fields only.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: each of these types is `repr(C)`, `Copy`, has explicit padding fields instead of
+    // implicit padding (checked by the layout tests) and accepts every bit pattern.
+    unsafe impl aya::Pod for FastPathConfig {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VerdictKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for VerdictValue {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ExeEntry {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FastSocket {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for DeniedSend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowEvent {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for FlowEventWithOwner {}
 }
 
 #[cfg(test)]

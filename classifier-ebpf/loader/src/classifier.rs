@@ -16,12 +16,18 @@ use aya::{
     },
 };
 use tollgate_classifier_common::{
-    COUNTERS_MAP, Counter, FLOW_OWNER_MAP, FlowKey, KERNEL_OFFSETS_MAP, KernelOffsets,
-    OFFSETS_EXE_PATH, OwnerRecord, SOCKET_OWNER_MAP,
+    COUNTERS_MAP, Counter, EXECUTABLES_MAP, FAST_PATH_CONFIG_MAP, FLOW_EVENTS_MAP, FLOW_OWNER_MAP,
+    FlowKey, KERNEL_OFFSETS_MAP, KernelOffsets, OFFSETS_EXE_PATH, OwnerRecord, SOCKET_OWNER_MAP,
+    VERDICTS_MAP,
 };
 use tracing::{debug, warn};
 
-use crate::{ClassifierError, FlowLookup, Owner, flow::current_netns_cookie, offsets};
+use crate::{
+    ClassifierError, FlowLookup, Owner,
+    fast_path::{FastPath, FlowEvents},
+    flow::current_netns_cookie,
+    offsets,
+};
 
 /// The BPF object built by this crate's build script.
 #[cfg(not(tollgate_ebpf_skipped))]
@@ -35,6 +41,7 @@ static EBPF_OBJECT: &[u8] = &[];
 const SOCK_ADDR_PROGRAMS: [&str; 4] = ["connect4", "connect6", "sendmsg4", "sendmsg6"];
 const SOCK_OPS_PROGRAM: &str = "sock_ops";
 const EGRESS_PROGRAM: &str = "egress";
+const INGRESS_PROGRAM: &str = "ingress";
 const SOCK_RELEASE_PROGRAM: &str = "sock_release";
 
 /// Tollgate's BPF programs attached to one cgroup, and the maps they fill.
@@ -52,6 +59,8 @@ pub struct Classifier {
     flow_owner: HashMap<MapData, FlowKey, OwnerRecord>,
     socket_owner: HashMap<MapData, u64, OwnerRecord>,
     counters: PerCpuArray<MapData, u64>,
+    fast_path: Option<FastPath>,
+    flow_events: Option<FlowEvents>,
     lookup_misses: AtomicU64,
     offsets: KernelOffsets,
     cgroup_path: PathBuf,
@@ -82,11 +91,18 @@ impl Classifier {
         debug!(cgroup = %cgroup_path.display(), offsets = offsets.flags, "classifier attached");
 
         // The links hold the programs in the kernel, so `ebpf` may go once the maps are out.
+        let fast_path = FastPath::new(
+            take_map(&mut ebpf, FAST_PATH_CONFIG_MAP)?,
+            take_map(&mut ebpf, VERDICTS_MAP)?,
+            take_map(&mut ebpf, EXECUTABLES_MAP)?,
+        );
         Ok(Self {
             links,
             flow_owner: take_map(&mut ebpf, FLOW_OWNER_MAP)?,
             socket_owner: take_map(&mut ebpf, SOCKET_OWNER_MAP)?,
             counters: take_map(&mut ebpf, COUNTERS_MAP)?,
+            fast_path: Some(fast_path),
+            flow_events: Some(FlowEvents::new(take_map(&mut ebpf, FLOW_EVENTS_MAP)?)),
             lookup_misses: AtomicU64::new(0),
             offsets,
             cgroup_path: cgroup_path.to_owned(),
@@ -126,6 +142,17 @@ impl Classifier {
         }
     }
 
+    /// Takes the fast path's verdict maps, which the programs leave alone until
+    /// [`FastPath::enable`] is called. Returns `None` after the first call.
+    pub fn take_fast_path(&mut self) -> Option<FastPath> {
+        self.fast_path.take()
+    }
+
+    /// Takes the fast path's event ring. Returns `None` after the first call.
+    pub fn take_flow_events(&mut self) -> Option<FlowEvents> {
+        self.flow_events.take()
+    }
+
     /// Returns the event counters, summed over all CPUs.
     pub fn counters(&self) -> Result<Counters, ClassifierError> {
         let read = |counter: Counter| -> Result<u64, ClassifierError> {
@@ -146,6 +173,10 @@ impl Classifier {
             flow_update_failed: read(Counter::FlowUpdateFailed)?,
             packets_unparsed: read(Counter::PacketUnparsed)?,
             exe_paths_truncated: read(Counter::ExePathTruncated)?,
+            kernel_allowed: read(Counter::KernelAllowed)?,
+            kernel_denied: read(Counter::KernelDenied)?,
+            flow_events_lost: read(Counter::FlowEventLost)?,
+            fast_sockets_rejected: read(Counter::FastSocketRejected)?,
             lookup_misses: self.lookup_misses.load(Ordering::Relaxed),
         })
     }
@@ -202,6 +233,15 @@ pub struct Counters {
     pub packets_unparsed: u64,
     /// Executable paths that did not fit in a record. Their owners have no `exe`.
     pub exe_paths_truncated: u64,
+    /// `connect()` calls that a fast path verdict allowed.
+    pub kernel_allowed: u64,
+    /// `connect()` calls and UDP sends that a fast path verdict denied.
+    pub kernel_denied: u64,
+    /// Fast path events lost because the event ring was full.
+    pub flow_events_lost: u64,
+    /// `connect()` calls that a verdict allowed but that took the path through the proxy,
+    /// because the fast socket map was full or the mark could not be set.
+    pub fast_sockets_rejected: u64,
     /// Calls of [`Classifier::lookup`] that returned `None`.
     pub lookup_misses: u64,
 }
@@ -296,6 +336,13 @@ fn attach_programs(
         .and_then(|id| program.take_link(id))
         .map_err(|source| attach_error(EGRESS_PROGRAM, source))?;
     links.push((EGRESS_PROGRAM, AttachedLink::Skb(link)));
+
+    let program: &mut CgroupSkb = loaded_program(ebpf, INGRESS_PROGRAM)?;
+    let link = program
+        .attach(cgroup, CgroupSkbAttachType::Ingress, mode)
+        .and_then(|id| program.take_link(id))
+        .map_err(|source| attach_error(INGRESS_PROGRAM, source))?;
+    links.push((INGRESS_PROGRAM, AttachedLink::Skb(link)));
 
     Ok(links)
 }

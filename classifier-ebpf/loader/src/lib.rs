@@ -7,6 +7,8 @@
 //! also after the process has exited.
 //!
 //! - [`classifier`]: loading, attaching, lookups and counters.
+//! - [`fast_path`]: the verdicts the programs apply at `connect()` and `sendmsg()`, and the
+//!   events of the flows they decided.
 //! - [`flow`]: the [`FlowLookup`] key and network namespace cookies.
 //! - [`owner`]: the [`Owner`] a lookup returns.
 //! - [`cgroup`]: [`cgroup2_root`], the mount point to attach to.
@@ -34,6 +36,7 @@ mod btf;
 pub mod cgroup;
 pub mod classifier;
 mod error;
+pub mod fast_path;
 pub mod flow;
 mod offsets;
 pub mod owner;
@@ -41,5 +44,6 @@ pub mod owner;
 pub use cgroup::cgroup2_root;
 pub use classifier::{Classifier, Counters};
 pub use error::ClassifierError;
+pub use fast_path::{FastPath, FlowEvents, KernelEvent, KernelVerdict};
 pub use flow::{FlowLookup, Protocol, netns_cookie};
 pub use owner::Owner;

@@ -25,9 +25,9 @@ with socket.create_connection((sys.argv[1], int(sys.argv[2]))):
     sys.stdin.read()
 ";
 
-/// Programs the classifier attaches: four socket address hooks, sock_ops, egress and
+/// Programs the classifier attaches: four socket address hooks, sock_ops, egress, ingress and
 /// sock_release.
-const ATTACHED_PROGRAM_COUNT: usize = 7;
+const ATTACHED_PROGRAM_COUNT: usize = 8;
 
 #[test]
 fn socket_record_lives_while_socket_open() {
@@ -114,6 +114,7 @@ fn drop_detaches_all_programs() {
         "sendmsg6",
         "sock_ops",
         "egress",
+        "ingress",
         "sock_release",
     ] {
         assert!(
