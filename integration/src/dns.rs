@@ -1,9 +1,9 @@
-//! The lab's DNS: dnsmasq in net, authoritative for the test zone `lab.test`, and desk's
-//! resolv.conf pointing at it; and a local stub resolver that tests may start in desk.
+//! The lab's DNS: dnsmasq in net, authoritative for the test zone `lab.test`, desk's
+//! resolv.conf pointing at it, and a local stub resolver that tests may start in desk.
 
 use std::{
     fs, io,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Stdio,
     thread,
@@ -30,8 +30,10 @@ pub const BIG_NAME: &str = "big.lab.test";
 /// Number of A records of [`BIG_NAME`].
 pub const BIG_RECORDS: u8 = 60;
 
-/// The address of [`LocalStub`], the one systemd-resolved's stub listens on.
+/// The IPv4 address of [`LocalStub`], the one systemd-resolved's stub listens on.
 pub const STUB_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+/// The IPv6 address of [`LocalStub`].
+pub const STUB_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
 
 /// The user [`LocalStub`] runs as. It is not root, so a daemon that finds the stub among its
 /// upstreams exempts the stub's own queries from the diversion.
@@ -102,7 +104,8 @@ impl LabDns {
 }
 
 /// A local stub resolver in desk, as systemd-resolved or dnsmasq are on many hosts: dnsmasq on
-/// [`STUB_V4`], port 53, as [`STUB_USER`], forwarding every query to the lab's DNS server.
+/// [`STUB_V4`] and [`STUB_V6`], port 53, as [`STUB_USER`], forwarding every query to the lab's
+/// DNS server.
 #[derive(Debug)]
 pub struct LocalStub {
     server: ProcessGuard,
@@ -131,7 +134,7 @@ impl LocalStub {
                 "--conf-file=/dev/null",
                 "--bind-interfaces",
             ])
-            .arg(format!("--listen-address={STUB_V4}"))
+            .arg(format!("--listen-address={STUB_V4},{STUB_V6}"))
             .arg(format!("--server={DNS_V4}"))
             .arg(format!("--user={STUB_USER}"))
             .arg(format!(

@@ -13,11 +13,11 @@ use std::{
 };
 
 use tollgate_integration::{
-    Lab,
+    INDEX_MARKER, Lab,
     daemon::Daemon,
     dns::{
         ALIAS_NAME, BIG_NAME, BIG_RECORDS, BLOG_NAME, LocalStub, SHOP_NAME, SHORT_TTL_NAME,
-        STUB_USER, STUB_V4,
+        STUB_USER, STUB_V4, STUB_V6,
     },
     topology::{DESK_LINK, DNS_V4, OTHER_DNS_V4, SERVER_A_V4, SERVER_B_V4},
 };
@@ -484,28 +484,31 @@ fn local_stub_queries_reach_resolver() {
         &["stub resolver's user exempted", &format!("uid={stub_uid}")],
     );
 
-    // A query to the stub over UDP, then over TCP: each is answered, and the resolver records
-    // the name for the process that asked.
-    for transport in ["+notcp", "+tcp"] {
-        let (pid, output) = dig_in_cgroup(
-            &lab,
-            &daemon,
-            &[transport, "+short", "@127.0.0.53", BLOG_NAME],
-        );
-        assert!(output.status.success(), "{}", text(&output.stderr));
-        assert_eq!(
-            text(&output.stdout).trim(),
-            SERVER_A_V4.to_string(),
-            "{transport}"
-        );
-        wait_for_log_line(
-            &daemon,
-            &["answer recorded", &format!("pid: {pid} "), BLOG_NAME],
-        );
+    // Queries to the stub over UDP and TCP, IPv4 and IPv6: each is answered, and the resolver
+    // records the name for the process that asked.
+    let servers = [IpAddr::V4(STUB_V4), IpAddr::V6(STUB_V6)];
+    for server in servers {
+        for transport in ["+notcp", "+tcp"] {
+            let (pid, output) = dig_in_cgroup(
+                &lab,
+                &daemon,
+                &[transport, "+short", &format!("@{server}"), BLOG_NAME],
+            );
+            assert!(output.status.success(), "{}", text(&output.stderr));
+            assert_eq!(
+                text(&output.stdout).trim(),
+                SERVER_A_V4.to_string(),
+                "{server} {transport}"
+            );
+            wait_for_log_line(
+                &daemon,
+                &["answer recorded", &format!("pid: {pid} "), BLOG_NAME],
+            );
+        }
     }
 
     // curl resolves through desk's resolv.conf, which names the stub only.
-    let mut curl = daemon
+    let curl = daemon
         .desk_client(&lab, "curl")
         .args(["-sS", "--max-time", "60", &format!("http://{SHOP_NAME}/")])
         .stdout(Stdio::piped())
@@ -522,29 +525,43 @@ fn local_stub_queries_reach_resolver() {
         "{request:#}"
     );
     allow(&daemon, &request);
-    let status = curl.wait().unwrap();
-    let mut stderr = String::new();
-    if let Some(mut pipe) = curl.stderr.take() {
-        std::io::Read::read_to_string(&mut pipe, &mut stderr).unwrap();
-    }
-    assert!(status.success(), "{stderr}");
+    let output = curl.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains(INDEX_MARKER));
     let stub_queries = std::fs::read_to_string(&stub_log).unwrap();
     assert!(
         stub_queries.contains(&format!("query[A] {SHOP_NAME} from 127.0.0.1")),
         "the resolver did not forward to the stub:\n{stub_queries}"
     );
 
-    // After a crash the table stays, but once its heartbeat element expires the stub answers
-    // directly again.
+    // After a crash the table stays, but once its heartbeat element expires (3 s) the stub
+    // answers directly again.
     daemon.kill().unwrap();
-    thread::sleep(Duration::from_secs(4));
-    let after_crash = dig(&lab, &["+short", &format!("@{STUB_V4}"), SHORT_TTL_NAME]);
-    assert_eq!(
-        text(&after_crash.stdout).trim(),
-        SERVER_B_V4.to_string(),
-        "{}",
-        text(&after_crash.stderr)
-    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after_crash = lab
+            .desk_command("dig")
+            .args(["+time=1", "+tries=1", "+short", &format!("@{STUB_V4}")])
+            .arg(SHORT_TTL_NAME)
+            .output()
+            .expect("failed to run dig (install dnsutils)");
+        if text(&after_crash.stdout).trim() == SERVER_B_V4.to_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stub not reachable after the crash: {}{}",
+            text(&after_crash.stdout),
+            text(&after_crash.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let leftover = lab
+        .desk_command("nft")
+        .args(["list", "table", "inet", "tollgate"])
+        .output()
+        .unwrap();
+    assert!(leftover.status.success(), "table removed by the crash");
 
     // A clean stop removes the table, and the stub answers directly.
     daemon.restart(&lab).unwrap_or_else(|err| panic!("{err:#}"));
