@@ -1,8 +1,9 @@
-//! The lab's DNS: dnsmasq in net, authoritative for the test zone `lab.test`, and desk's
-//! resolv.conf pointing at it.
+//! The lab's DNS: dnsmasq in net, authoritative for the test zone `lab.test`, desk's
+//! resolv.conf pointing at it, and a local stub resolver that tests may start in desk.
 
 use std::{
     fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     path::{Path, PathBuf},
     process::Stdio,
     thread,
@@ -28,6 +29,15 @@ pub const BIG_NAME: &str = "big.lab.test";
 
 /// Number of A records of [`BIG_NAME`].
 pub const BIG_RECORDS: u8 = 60;
+
+/// The IPv4 address of [`LocalStub`], the one systemd-resolved's stub listens on.
+pub const STUB_V4: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 53);
+/// The IPv6 address of [`LocalStub`].
+pub const STUB_V6: Ipv6Addr = Ipv6Addr::LOCALHOST;
+
+/// The user [`LocalStub`] runs as. It is not root, so a daemon that finds the stub among its
+/// upstreams exempts the stub's own queries from the diversion.
+pub const STUB_USER: &str = "nobody";
 
 /// The running dnsmasq and desk's resolv.conf, both removed on drop.
 #[derive(Debug)]
@@ -75,30 +85,107 @@ impl LabDns {
         &self.server
     }
 
+    /// Replaces desk's resolv.conf with one naming `servers`. Programs started in desk later
+    /// read it, and so does a daemon started later, whose `dns.resolv_conf_path` it is.
+    pub fn set_nameservers(&self, servers: &[IpAddr]) -> Result<(), DnsError> {
+        let text: String = servers
+            .iter()
+            .map(|server| format!("nameserver {server}\n"))
+            .collect();
+        fs::write(&self.resolv_conf.path, text).map_err(|source| DnsError::File {
+            path: self.resolv_conf.path.clone(),
+            source,
+        })
+    }
+
     fn wait_ready(&self, net: &NetNs, log_path: &Path) -> Result<(), DnsError> {
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            let mut probe = net.command("dig");
-            probe.args([
-                "+short",
-                "+time=1",
-                "+tries=1",
-                &format!("@{DNS_V4}"),
-                BLOG_NAME,
-            ]);
-            let output = probe
-                .output()
-                .map_err(|source| DnsError::Probe { source })?;
-            if String::from_utf8_lossy(&output.stdout).contains(&SERVER_A_V4.to_string()) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline || matches!(self.server.try_wait(), Ok(Some(_))) {
-                return Err(DnsError::NotReady {
-                    log: fs::read_to_string(log_path).unwrap_or_default(),
-                });
-            }
-            thread::sleep(Duration::from_millis(50));
+        wait_answering(net, IpAddr::V4(DNS_V4), &self.server, log_path)
+    }
+}
+
+/// A local stub resolver in desk, as systemd-resolved or dnsmasq are on many hosts: dnsmasq on
+/// [`STUB_V4`] and [`STUB_V6`], port 53, as [`STUB_USER`], forwarding every query to the lab's
+/// DNS server.
+#[derive(Debug)]
+pub struct LocalStub {
+    server: ProcessGuard,
+}
+
+impl LocalStub {
+    /// Starts the stub in `desk` and waits until it answers. Its log goes to `log_path` and its
+    /// pid file into `work_dir`.
+    pub fn start(desk: &NetNs, work_dir: &Path, log_path: &Path) -> Result<Self, DnsError> {
+        let log = fs::File::create(log_path).map_err(|source| DnsError::File {
+            path: log_path.to_owned(),
+            source,
+        })?;
+        let stderr = log.try_clone().map_err(|source| DnsError::File {
+            path: log_path.to_owned(),
+            source,
+        })?;
+        let mut command = desk.command("dnsmasq");
+        command
+            .args([
+                "--keep-in-foreground",
+                "--log-facility=-",
+                "--log-queries",
+                "--no-resolv",
+                "--no-hosts",
+                "--conf-file=/dev/null",
+                "--bind-interfaces",
+            ])
+            .arg(format!("--listen-address={STUB_V4},{STUB_V6}"))
+            .arg(format!("--server={DNS_V4}"))
+            .arg(format!("--user={STUB_USER}"))
+            .arg(format!(
+                "--pid-file={}",
+                work_dir.join("stub-dnsmasq.pid").display()
+            ))
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr);
+        let stub = Self {
+            server: desk.spawn(&mut command)?,
+        };
+        wait_answering(desk, IpAddr::V4(STUB_V4), &stub.server, log_path)?;
+        Ok(stub)
+    }
+
+    /// Returns the dnsmasq process.
+    pub fn server(&self) -> &ProcessGuard {
+        &self.server
+    }
+}
+
+/// Waits until the DNS server at `address`, seen from `namespace`, answers for [`BLOG_NAME`].
+fn wait_answering(
+    namespace: &NetNs,
+    address: IpAddr,
+    server: &ProcessGuard,
+    log_path: &Path,
+) -> Result<(), DnsError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        let mut probe = namespace.command("dig");
+        probe.args([
+            "+short",
+            "+time=1",
+            "+tries=1",
+            &format!("@{address}"),
+            BLOG_NAME,
+        ]);
+        let output = probe
+            .output()
+            .map_err(|source| DnsError::Probe { source })?;
+        if String::from_utf8_lossy(&output.stdout).contains(&SERVER_A_V4.to_string()) {
+            return Ok(());
         }
+        if Instant::now() >= deadline || matches!(server.try_wait(), Ok(Some(_))) {
+            return Err(DnsError::NotReady {
+                log: fs::read_to_string(log_path).unwrap_or_default(),
+            });
+        }
+        thread::sleep(Duration::from_millis(50));
     }
 }
 

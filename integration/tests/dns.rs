@@ -6,15 +6,19 @@
 //! the address stands for the program.
 
 use std::{
+    net::IpAddr,
     process::{Child, Command, Output, Stdio},
     thread,
     time::{Duration, Instant},
 };
 
 use tollgate_integration::{
-    Lab,
+    INDEX_MARKER, Lab,
     daemon::Daemon,
-    dns::{ALIAS_NAME, BIG_NAME, BIG_RECORDS, BLOG_NAME, SHOP_NAME, SHORT_TTL_NAME},
+    dns::{
+        ALIAS_NAME, BIG_NAME, BIG_RECORDS, BLOG_NAME, LocalStub, SHOP_NAME, SHORT_TTL_NAME,
+        STUB_USER, STUB_V4, STUB_V6,
+    },
     topology::{DESK_LINK, DNS_V4, OTHER_DNS_V4, SERVER_A_V4, SERVER_B_V4},
 };
 
@@ -352,8 +356,14 @@ fn dns_rules_come_before_tcp() {
     };
 
     let exempt = position("udp dport 53 meta skuid 65534 return");
+    let stub_udp = position("udp dport 53 fib daddr type local");
+    let stub_tcp = position("tcp dport 53 fib daddr type local");
+    let local = position("\n\t\tfib daddr type local return");
     let dns_mark = position("udp dport 53 meta mark set");
     let tcp_mark = position("meta l4proto tcp meta mark set");
+    assert!(exempt < stub_udp, "{ruleset}");
+    assert!(stub_udp < local, "{ruleset}");
+    assert!(stub_tcp < local, "{ruleset}");
     assert!(exempt < dns_mark, "{ruleset}");
     assert!(dns_mark < tcp_mark, "{ruleset}");
     let dns_tproxy = position("ipv4 tcp dport 53 tproxy ip to 127.0.0.1:15053");
@@ -412,4 +422,170 @@ fn resolver_forwards_to_lab_server() {
     assert_eq!(text(&resolved.stdout).trim(), SERVER_A_V4.to_string());
     let log = daemon.log();
     assert!(log.contains("203.0.113.53"), "upstreams not logged:\n{log}");
+}
+
+/// Runs `dig ARGS` in the daemon's cgroup in desk and returns its pid and output.
+fn dig_in_cgroup(lab: &Lab, daemon: &Daemon, args: &[&str]) -> (u32, Output) {
+    let dig = daemon
+        .desk_client(lab, "dig")
+        .args(["+time=5", "+tries=1"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to run dig (install dnsutils)");
+    let pid = dig.id();
+    (pid, dig.wait_with_output().unwrap())
+}
+
+/// Waits until the daemon's log contains a line with every one of `parts`.
+fn wait_for_log_line(daemon: &Daemon, parts: &[&str]) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = daemon.log();
+        if log
+            .lines()
+            .any(|line| parts.iter().all(|part| line.contains(part)))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no log line contains {parts:?}:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn local_stub_queries_reach_resolver() {
+    let lab = start_lab();
+    let stub_log = lab.work_dir().join("stub-dnsmasq.log");
+    let _stub = LocalStub::start(lab.desk(), lab.work_dir(), &stub_log)
+        .unwrap_or_else(|err| panic!("failed to start the local stub: {err:#}"));
+    // Programs in desk and the daemon's default upstreams now name only the stub.
+    lab.dns()
+        .set_nameservers(&[IpAddr::V4(STUB_V4)])
+        .unwrap_or_else(|err| panic!("{err:#}"));
+    // No exempt user is configured: the daemon finds the stub's user from its socket.
+    let mut daemon = Daemon::start_with_log_filter(
+        &lab,
+        "interception.dns_exempt_users = []",
+        "tollgate_proxy=debug,tollgate_resolver=trace,info",
+    )
+    .unwrap_or_else(|err| panic!("{err:#}"));
+    wait_for_log_line(&daemon, &["DNS upstreams", "127.0.0.53"]);
+    let stub_uid = nix::unistd::User::from_name(STUB_USER)
+        .unwrap()
+        .unwrap_or_else(|| panic!("user {STUB_USER} not found"))
+        .uid;
+    wait_for_log_line(
+        &daemon,
+        &["stub resolver's user exempted", &format!("uid={stub_uid}")],
+    );
+
+    // Queries to the stub over UDP and TCP, IPv4 and IPv6: each is answered, and the resolver
+    // records the name for the process that asked.
+    let servers = [IpAddr::V4(STUB_V4), IpAddr::V6(STUB_V6)];
+    for server in servers {
+        for transport in ["+notcp", "+tcp"] {
+            let (pid, output) = dig_in_cgroup(
+                &lab,
+                &daemon,
+                &[transport, "+short", &format!("@{server}"), BLOG_NAME],
+            );
+            assert!(output.status.success(), "{}", text(&output.stderr));
+            assert_eq!(
+                text(&output.stdout).trim(),
+                SERVER_A_V4.to_string(),
+                "{server} {transport}"
+            );
+            wait_for_log_line(
+                &daemon,
+                &["answer recorded", &format!("pid: {pid} "), BLOG_NAME],
+            );
+        }
+    }
+
+    // curl resolves through desk's resolv.conf, which names the stub only.
+    let curl = daemon
+        .desk_client(&lab, "curl")
+        .args(["-sS", "--max-time", "60", &format!("http://{SHOP_NAME}/")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to start curl");
+    let curl_pid = curl.id();
+    let request = pending_for(&daemon, "203.0.113.10:80");
+    assert_eq!(request["host"], SHOP_NAME, "{request:#}");
+    assert_eq!(request["name_source"], "dns", "{request:#}");
+    assert_eq!(
+        request["process"]["pid"].as_u64(),
+        Some(u64::from(curl_pid)),
+        "{request:#}"
+    );
+    allow(&daemon, &request);
+    let output = curl.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).contains(INDEX_MARKER));
+    let stub_queries = std::fs::read_to_string(&stub_log).unwrap();
+    assert!(
+        stub_queries.contains(&format!("query[A] {SHOP_NAME} from 127.0.0.1")),
+        "the resolver did not forward to the stub:\n{stub_queries}"
+    );
+
+    // After a crash the table stays, but once its heartbeat element expires (3 s) the stub
+    // answers directly again.
+    daemon.kill().unwrap();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let after_crash = lab
+            .desk_command("dig")
+            .args(["+time=1", "+tries=1", "+short", &format!("@{STUB_V4}")])
+            .arg(SHORT_TTL_NAME)
+            .output()
+            .expect("failed to run dig (install dnsutils)");
+        if text(&after_crash.stdout).trim() == SERVER_B_V4.to_string() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stub not reachable after the crash: {}{}",
+            text(&after_crash.stdout),
+            text(&after_crash.stderr)
+        );
+        thread::sleep(Duration::from_millis(200));
+    }
+    let leftover = lab
+        .desk_command("nft")
+        .args(["list", "table", "inet", "tollgate"])
+        .output()
+        .unwrap();
+    assert!(leftover.status.success(), "table removed by the crash");
+
+    // A clean stop removes the table, and the stub answers directly.
+    daemon.restart(&lab).unwrap_or_else(|err| panic!("{err:#}"));
+    daemon.stop().unwrap();
+    let table = lab
+        .desk_command("nft")
+        .args(["list", "table", "inet", "tollgate"])
+        .output()
+        .unwrap();
+    assert!(
+        !table.status.success(),
+        "table left: {}",
+        text(&table.stdout)
+    );
+    for transport in ["+notcp", "+tcp"] {
+        let direct = dig(
+            &lab,
+            &[transport, "+short", &format!("@{STUB_V4}"), SHOP_NAME],
+        );
+        assert_eq!(
+            text(&direct.stdout).trim(),
+            SERVER_A_V4.to_string(),
+            "{transport}: {}",
+            text(&direct.stderr)
+        );
+    }
 }

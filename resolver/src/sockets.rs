@@ -3,7 +3,7 @@
 
 use std::{
     io,
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
     os::fd::{AsFd, AsRawFd},
 };
 
@@ -61,6 +61,34 @@ pub fn reply_socket(server: SocketAddr, mark: Option<u32>) -> io::Result<UdpSock
     let socket = new_socket(server, Type::DGRAM, Protocol::UDP, &config)?;
     socket.bind(&server.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// Opens a UDP socket bound to `server` and connected to `client`, for one answer to a query
+/// sent to an address of this machine. A local stub resolver may listen on `server` with
+/// `SO_REUSEADDR`, and an unconnected socket bound next to it could receive the stub's own
+/// queries. A connected socket receives only datagrams from `client`. Close it after the
+/// answer, because TPROXY hands the client's later queries to a connected socket that matches
+/// them. Must be called inside a tokio runtime.
+pub fn connected_reply_socket(
+    server: SocketAddr,
+    client: SocketAddr,
+    mark: Option<u32>,
+) -> io::Result<UdpSocket> {
+    let config = ListenConfig {
+        addresses: Vec::new(),
+        transparent: true,
+        mark,
+    };
+    let socket = new_socket(server, Type::DGRAM, Protocol::UDP, &config)?;
+    socket.bind(&server.into())?;
+    socket.connect(&client.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Returns whether `address` belongs to this machine's network namespace, such as a loopback
+/// address or the address of an interface, which a plain bind accepts only then.
+pub fn is_local_address(address: IpAddr) -> bool {
+    std::net::UdpSocket::bind(SocketAddr::new(address, 0)).is_ok()
 }
 
 fn new_socket(

@@ -149,17 +149,28 @@ fn from_sockaddr_in6(address: &libc::sockaddr_in6) -> SocketAddr {
     SocketAddr::new(IpAddr::V6(ip), u16::from_be(address.sin6_port))
 }
 
-/// Reply sockets by original destination, reused across answers and capped in number.
+/// How answers from one original destination are sent.
+#[derive(Clone)]
+enum ReplyPath {
+    /// A shared unconnected socket bound to the destination, which is not an address of this
+    /// machine, so no other local socket listens on it.
+    Shared(Arc<UdpSocket>),
+    /// A connected socket per answer, because the destination is an address of this machine
+    /// where a local stub resolver may listen (see [`sockets::connected_reply_socket`]).
+    PerAnswer,
+}
+
+/// Reply paths by original destination, reused across answers and capped in number.
 struct ReplySockets {
     mark: Option<u32>,
-    sockets: Mutex<LruCache<SocketAddr, Arc<UdpSocket>>>,
+    paths: Mutex<LruCache<SocketAddr, ReplyPath>>,
 }
 
 impl ReplySockets {
     fn new(mark: Option<u32>) -> Self {
         Self {
             mark,
-            sockets: Mutex::new(LruCache::new(MAX_REPLY_SOCKETS)),
+            paths: Mutex::new(LruCache::new(MAX_REPLY_SOCKETS)),
         }
     }
 
@@ -170,21 +181,30 @@ impl ReplySockets {
         response: &[u8],
         client: SocketAddr,
     ) -> io::Result<usize> {
-        let socket = self.socket(server)?;
-        socket.send_to(response, client).await
+        match self.path(server)? {
+            ReplyPath::Shared(socket) => socket.send_to(response, client).await,
+            ReplyPath::PerAnswer => {
+                let socket = sockets::connected_reply_socket(server, client, self.mark)?;
+                socket.send(response).await
+            }
+        }
     }
 
-    fn socket(&self, server: SocketAddr) -> io::Result<Arc<UdpSocket>> {
-        let mut sockets = self
-            .sockets
+    fn path(&self, server: SocketAddr) -> io::Result<ReplyPath> {
+        let mut paths = self
+            .paths
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if let Some(socket) = sockets.get(&server) {
-            return Ok(Arc::clone(socket));
+        if let Some(path) = paths.get(&server) {
+            return Ok(path.clone());
         }
-        let socket = Arc::new(sockets::reply_socket(server, self.mark)?);
-        sockets.put(server, Arc::clone(&socket));
-        Ok(socket)
+        let path = if sockets::is_local_address(server.ip()) {
+            ReplyPath::PerAnswer
+        } else {
+            ReplyPath::Shared(Arc::new(sockets::reply_socket(server, self.mark)?))
+        };
+        paths.put(server, path.clone());
+        Ok(path)
     }
 }
 
@@ -192,5 +212,79 @@ impl ReplySockets {
 const MAX_QUERY_LEN: usize = 4096;
 /// Queries answered at once; more are dropped, and their clients retry.
 const MAX_IN_FLIGHT: usize = 4096;
-/// Reply sockets kept open, one per original destination.
+/// Reply paths kept, one per original destination, each with at most one open socket.
 const MAX_REPLY_SOCKETS: NonZeroUsize = NonZeroUsize::new(256).expect("256 is not zero");
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use socket2::{Domain, Socket, Type};
+
+    use super::*;
+
+    /// The address of a stand-in local stub resolver, on loopback.
+    const STUB_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 77);
+    const RECEIVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// Binds a UDP socket with `SO_REUSEADDR`, as stub resolvers such as dnsmasq do.
+    fn stub_socket() -> UdpSocket {
+        let socket = Socket::new(Domain::IPV4, Type::DGRAM, None).unwrap();
+        socket.set_reuse_address(true).unwrap();
+        socket.set_nonblocking(true).unwrap();
+        socket.bind(&SocketAddr::from((STUB_IP, 0)).into()).unwrap();
+        UdpSocket::from_std(socket.into()).unwrap()
+    }
+
+    async fn receive_from(socket: &UdpSocket) -> (Vec<u8>, SocketAddr) {
+        let mut buffer = [0u8; 64];
+        let (length, from) = tokio::time::timeout(RECEIVE_TIMEOUT, socket.recv_from(&mut buffer))
+            .await
+            .expect("no datagram within the timeout")
+            .unwrap();
+        (buffer[..length].to_vec(), from)
+    }
+
+    #[test]
+    fn loopback_is_local_address() {
+        assert!(sockets::is_local_address(IpAddr::V4(STUB_IP)));
+        assert!(sockets::is_local_address(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+    }
+
+    #[test]
+    fn documentation_address_is_not_local() {
+        assert!(!sockets::is_local_address(IpAddr::V4(Ipv4Addr::new(
+            192, 0, 2, 1
+        ))));
+    }
+
+    /// Needs `CAP_NET_ADMIN`, for the reply sockets' `IP_TRANSPARENT`.
+    #[tokio::test]
+    async fn answers_from_stub_address_leave_stub_its_queries() {
+        let stub = stub_socket();
+        let stub_address = stub.local_addr().unwrap();
+        let client = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        client.connect(stub_address).await.unwrap();
+        let client_address = client.local_addr().unwrap();
+        let replies = ReplySockets::new(None);
+
+        for round in 0..3 {
+            let answer = format!("answer {round}");
+            replies
+                .send(stub_address, answer.as_bytes(), client_address)
+                .await
+                .unwrap();
+            let (received, from) = receive_from(&client).await;
+            assert_eq!(received, answer.as_bytes());
+            assert_eq!(from, stub_address);
+
+            // Another program's query to the stub, such as the resolver's own upstream query,
+            // must reach the stub and no reply socket.
+            let asker = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+            asker.send_to(b"query", stub_address).await.unwrap();
+            let (received, from) = receive_from(&stub).await;
+            assert_eq!(received, b"query");
+            assert_eq!(from, asker.local_addr().unwrap());
+        }
+    }
+}

@@ -4,6 +4,7 @@
 //! [`rule_requests`] carries out the control requests that change or read rules, and
 //! [`maintenance`] removes rules whose lifetime ended and saves hit counts.
 
+mod local_stub;
 mod maintenance;
 mod rule_requests;
 
@@ -92,7 +93,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let (owners, classifier_counters) = load_attribution(&config);
     let refusals = Arc::new(RefusalPolicy::default());
     let dns = start_resolver(&config, Arc::clone(&owners), Arc::clone(&refusals))?;
-    let dns_spec = dns.as_ref().map(|_| dns_spec(&config));
+    let dns_spec = dns
+        .as_ref()
+        .map(|(_, upstreams)| dns_spec(&config, upstreams));
+    let dns = dns.map(|(server, _)| server);
     // In enforce mode only the policy allows, so no rule may let traffic pass on its own.
     let allowed = match config.mode {
         Mode::Enforce => Vec::new(),
@@ -248,12 +252,13 @@ fn error_chain(err: &dyn std::error::Error) -> String {
 /// Directory of the per-namespace daemon locks.
 const LOCK_DIR: &str = "/run/tollgate";
 
-/// Starts the local resolver on the loopback addresses, unless the config disables it.
+/// Starts the local resolver on the loopback addresses, unless the config disables it, and
+/// returns it with its upstreams.
 fn start_resolver(
     config: &Config,
     owners: Arc<dyn OwnerLookup>,
     refusals: Arc<RefusalPolicy>,
-) -> anyhow::Result<Option<DnsServer>> {
+) -> anyhow::Result<Option<(DnsServer, Vec<UpstreamConfig>)>> {
     let dns = &config.dns;
     if !dns.enabled {
         info!("DNS resolver disabled in config; connections are named by their first bytes only");
@@ -276,7 +281,7 @@ fn start_resolver(
     };
     let server = DnsServer::start(dns, &upstreams, &listen, hooks)
         .context("failed to start the DNS resolver (needs CAP_NET_ADMIN)")?;
-    Ok(Some(server))
+    Ok(Some((server, upstreams)))
 }
 
 /// Returns the configured upstreams, or the nameservers of resolv.conf without the resolver's
@@ -291,12 +296,12 @@ fn upstreams(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Vec<Upstream
     Ok(resolv_conf::default_upstreams(&text, own))
 }
 
-/// Returns the DNS diversion: the resolver's port and the uids of the exempt users that exist.
-///
-/// NOTE: queries to a local stub (127.0.0.53) are not diverted, because the `fib daddr type
-/// local` rule returns first, so programs behind such a stub are named by their first bytes.
-fn dns_spec(config: &Config) -> DnsSpec {
-    let exempt_uids = config
+/// Returns the DNS diversion: the resolver's port and the uids of the exempt users that exist,
+/// with those of the local stub resolvers among `upstreams`. Queries to a local stub
+/// (127.0.0.53) are diverted too, and the stub's own queries pass when it runs as an exempt
+/// user, so that they do not loop back to the resolver that forwards to it.
+fn dns_spec(config: &Config, upstreams: &[UpstreamConfig]) -> DnsSpec {
+    let mut exempt_uids: Vec<u32> = config
         .interception
         .dns_exempt_users
         .iter()
@@ -309,6 +314,24 @@ fn dns_spec(config: &Config) -> DnsSpec {
             }
         })
         .collect();
+    for uid in local_stub::stub_uids(upstreams) {
+        if exempt_uids.contains(&uid) {
+            continue;
+        }
+        if uid == 0 {
+            // Exempting root would leave the DNS of every root program undiverted.
+            warn!(
+                "a local DNS stub resolver among the upstreams runs as root, so its own \
+                 queries are diverted back to the resolver and loop; run it as another user"
+            );
+            continue;
+        }
+        info!(
+            uid,
+            "local DNS stub resolver's user exempted from DNS diversion"
+        );
+        exempt_uids.push(uid);
+    }
     DnsSpec {
         port: config.dns.port,
         exempt_uids,

@@ -196,8 +196,9 @@ pub fn remove() -> Result<(), NftError> {
     send(&batch.finalize(), "remove")
 }
 
-/// Rules of the output chain: skip the daemon's own packets and local destinations, then mark
-/// every other TCP packet for diversion.
+/// Rules of the output chain: skip the daemon's own packets, mark queries to local stub
+/// resolvers, skip other local destinations, then mark every other TCP and UDP packet for
+/// diversion.
 fn output_rules<'a>(
     chain: &'a Chain<'a>,
     spec: &TableSpec,
@@ -211,6 +212,13 @@ fn output_rules<'a>(
     own.add_expr(&Cmp::new(CmpOp::Eq, spec.bypass_mark));
     own.add_expr(&nft_expr!(verdict return));
     rules.push(own);
+
+    // DNS comes before the local destinations, so that queries to a local stub resolver reach
+    // the resolver too.
+    if let Some(dns) = &spec.dns {
+        rules.extend(dns_exempt_rules(chain, dns));
+        rules.extend(local_stub_rules(chain, spec, alive));
+    }
 
     // Loopback, the namespace's own addresses and replies of transparent sockets.
     let mut local = Rule::new(chain);
@@ -253,12 +261,12 @@ fn output_rules<'a>(
     // With the daemon gone, forever-allowed destinations leave directly.
     let mut orphaned = Rule::new(chain);
     orphaned.add_expr(&Immediate::new(ALIVE_KEY.octets(), Register::Reg1));
-    orphaned.add_expr(&MissingFrom::new(alive));
+    orphaned.add_expr(&SetLookup::missing_from(alive));
     orphaned.add_expr(&nft_expr!(verdict jump ALLOWED_CHAIN.to_owned()));
     rules.push(orphaned);
 
-    if let Some(dns) = &spec.dns {
-        rules.extend(dns_output_rules(chain, spec, dns));
+    if spec.dns.is_some() {
+        rules.push(dns_mark_rule(chain, spec));
     }
 
     for protocol in [libc::IPPROTO_TCP, libc::IPPROTO_UDP] {
@@ -427,24 +435,38 @@ fn alive_set(table: &Table) -> Set<'_, Ipv4Addr> {
     set
 }
 
-/// `lookup` with the inverted flag: matches when register 1 is not in the set.
-struct MissingFrom {
+/// `lookup`: matches when register 1 is in the set, or with `inverted` when it is not.
+struct SetLookup {
     set_name: std::ffi::CString,
     set_id: u32,
+    inverted: bool,
 }
 
-impl MissingFrom {
-    fn new(set: &Set<'_, Ipv4Addr>) -> Self {
+impl SetLookup {
+    fn member_of(set: &Set<'_, Ipv4Addr>) -> Self {
         Self {
             set_name: set.get_name().to_owned(),
             set_id: set.get_id(),
+            inverted: false,
+        }
+    }
+
+    fn missing_from(set: &Set<'_, Ipv4Addr>) -> Self {
+        Self {
+            inverted: true,
+            ..Self::member_of(set)
         }
     }
 }
 
-impl Expression for MissingFrom {
+impl Expression for SetLookup {
     fn to_expr(&self, _rule: &Rule) -> NonNull<sys::nftnl_expr> {
         let expr = alloc_expr(c"lookup");
+        let flags = if self.inverted {
+            libc::NFT_LOOKUP_F_INV as u32
+        } else {
+            0
+        };
         // SAFETY: `expr` is a live lookup expression; the set name is NUL-terminated and copied.
         unsafe {
             let raw = expr.as_ptr();
@@ -459,11 +481,7 @@ impl Expression for MissingFrom {
                 self.set_name.as_ptr(),
             );
             sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_LOOKUP_SET_ID as u16, self.set_id);
-            sys::nftnl_expr_set_u32(
-                raw,
-                sys::NFTNL_EXPR_LOOKUP_FLAGS as u16,
-                libc::NFT_LOOKUP_F_INV as u32,
-            );
+            sys::nftnl_expr_set_u32(raw, sys::NFTNL_EXPR_LOOKUP_FLAGS as u16, flags);
         }
         expr
     }
@@ -498,9 +516,8 @@ fn add_tproxy(rule: &mut Rule<'_>, family: i32, port: u16) {
     rule.add_expr(&nft_expr!(verdict accept));
 }
 
-/// Output rules for DNS: the exempt users' port-53 traffic returns unmarked, and every other UDP
-/// packet to port 53 is marked (TCP is marked with all TCP).
-fn dns_output_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec, dns: &DnsSpec) -> Vec<Rule<'a>> {
+/// Output rules that let the exempt users' port-53 traffic return unmarked.
+fn dns_exempt_rules<'a>(chain: &'a Chain<'a>, dns: &DnsSpec) -> Vec<Rule<'a>> {
     let mut rules = Vec::new();
     for &uid in &dns.exempt_uids {
         for protocol in [libc::IPPROTO_UDP, libc::IPPROTO_TCP] {
@@ -512,14 +529,50 @@ fn dns_output_rules<'a>(chain: &'a Chain<'a>, spec: &TableSpec, dns: &DnsSpec) -
             rules.push(exempt);
         }
     }
+    rules
+}
 
+/// Output rules that mark UDP and TCP port-53 packets to a local address (a stub resolver such
+/// as systemd-resolved's 127.0.0.53), which the `fib daddr type local` rule would otherwise let
+/// pass. They apply only while the `alive` element exists: after a crash of the daemon, queries
+/// reach the stub directly instead of being dropped with no resolver to take them.
+///
+/// The resolver's own queries to the stub carry the bypass mark and returned earlier. The
+/// answers of the stub and of the resolver's transparent sockets come from port 53 and go to
+/// the client's port, so they do not match.
+fn local_stub_rules<'a>(
+    chain: &'a Chain<'a>,
+    spec: &TableSpec,
+    alive: &Set<'_, Ipv4Addr>,
+) -> Vec<Rule<'a>> {
+    let mut rules = Vec::new();
+    for protocol in [libc::IPPROTO_UDP, libc::IPPROTO_TCP] {
+        let mut rule = Rule::new(chain);
+        add_dns_match(&mut rule, protocol);
+        rule.add_expr(&FibDaddrType);
+        rule.add_expr(&Cmp::new(CmpOp::Eq, RTN_LOCAL));
+        rule.add_expr(&Immediate::new(ALIVE_KEY.octets(), Register::Reg1));
+        rule.add_expr(&SetLookup::member_of(alive));
+        add_intercept_mark(&mut rule, spec.intercept_mark);
+        rule.add_expr(&nft_expr!(verdict return));
+        rules.push(rule);
+    }
+    rules
+}
+
+/// Builds the output rule that marks UDP packets to port 53 (TCP is marked with all TCP).
+fn dns_mark_rule<'a>(chain: &'a Chain<'a>, spec: &TableSpec) -> Rule<'a> {
     let mut mark = Rule::new(chain);
     add_dns_match(&mut mark, libc::IPPROTO_UDP);
-    mark.add_expr(&nft_expr!(meta mark));
-    mark.add_expr(&Bitwise::new(!spec.intercept_mark, spec.intercept_mark));
-    mark.add_expr(&nft_expr!(meta mark set));
-    rules.push(mark);
-    rules
+    add_intercept_mark(&mut mark, spec.intercept_mark);
+    mark
+}
+
+/// Adds `meta mark set meta mark | INTERCEPT_MARK`.
+fn add_intercept_mark(rule: &mut Rule<'_>, intercept_mark: u32) {
+    rule.add_expr(&nft_expr!(meta mark));
+    rule.add_expr(&Bitwise::new(!intercept_mark, intercept_mark));
+    rule.add_expr(&nft_expr!(meta mark set));
 }
 
 /// `nfproto FAMILY l4proto PROTOCOL dport 53 tproxy to LOOPBACK:port accept`.
