@@ -157,6 +157,7 @@ fn countdown_follows_daemon_timeout() {
         default_action: Action::Allow,
         names: None,
         mode: tollgate_proxy::config::Mode::Interactive,
+        fast_path: false,
     };
     update(&mut app, Message::Link(LinkEvent::Status(status)), 0);
     let requests = vec![pending(1, "203.0.113.10:80")];

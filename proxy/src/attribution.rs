@@ -59,6 +59,19 @@ impl KernelAttribution {
         &self.classifier
     }
 
+    /// Takes the classifier's fast path maps and event ring, once.
+    pub fn take_fast_path(
+        &mut self,
+    ) -> Option<(
+        tollgate_classifier::FastPath,
+        tollgate_classifier::FlowEvents,
+    )> {
+        Some((
+            self.classifier.take_fast_path()?,
+            self.classifier.take_flow_events()?,
+        ))
+    }
+
     fn user_name(&self, uid: u32) -> Option<String> {
         let mut names = self
             .user_names
@@ -100,7 +113,9 @@ impl OwnerLookup for KernelAttribution {
 }
 
 impl KernelAttribution {
-    fn process_info(&self, owner: Owner) -> ProcessInfo {
+    /// Completes the kernel's record of a process with what `/proc` and the user database
+    /// tell about it.
+    pub(crate) fn process_info(&self, owner: Owner) -> ProcessInfo {
         // NOTE: the script and the parent's executable come from /proc, read now, so they are
         // missing when the process (or its parent) has already exited. A process whose pid was
         // reused is detected by its start time and yields nothing.

@@ -291,6 +291,7 @@ mod tests {
         EventKind::Decided {
             action,
             by: crate::protocol::DecidedBy::User,
+            in_kernel: false,
         }
     }
 

@@ -133,6 +133,9 @@ pub struct InterceptionConfig {
     /// resolver may forward to, whose own upstream queries would otherwise come back to it in a
     /// loop. Users that do not exist are skipped.
     pub dns_exempt_users: Vec<String>,
+    /// Whether the kernel applies rule verdicts at `connect()`, so that flows a rule decides
+    /// skip the proxy (interactive mode only). Needs process attribution.
+    pub fast_path: bool,
 }
 
 impl Default for Config {
@@ -170,6 +173,7 @@ impl Default for InterceptionConfig {
             route_table: 100,
             rule_priority: 100,
             dns_exempt_users: vec!["systemd-resolve".to_owned()],
+            fast_path: true,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! - [`transparent`] opens the TPROXY listeners and the daemon's own upstream sockets.
 //! - [`holding`] keeps pending requests: connections waiting for a person's decision.
 //! - [`naming`] names a connection's destination from DNS answers or its first bytes.
+//! - [`fast_path`] lets the kernel decide the flows a rule decides, inside `connect()`.
 //! - [`daemon`] ties these together: accept, look up rules, hold, relay or reset; [`udp`] does
 //!   the same for UDP flows.
 //! - [`tracking`] lists the connections seen, with live byte counts that [`counting`] streams
@@ -26,6 +27,7 @@ pub mod control;
 pub mod counting;
 pub mod daemon;
 pub mod exe_hash;
+pub mod fast_path;
 pub mod firewall;
 pub mod holding;
 pub mod naming;

@@ -339,6 +339,9 @@ pub struct StatusInfo {
     /// How the daemon decides flows; absent from daemons older than the modes.
     #[serde(default)]
     pub mode: Mode,
+    /// Whether the kernel applies rule verdicts at `connect()` (the fast path).
+    #[serde(default)]
+    pub fast_path: bool,
 }
 
 /// Counters of the local resolver's name map.
@@ -538,6 +541,11 @@ pub enum EventKind {
         action: Action,
         /// Who decided.
         by: DecidedBy,
+        /// Whether the kernel applied the verdict inside `connect()` or `sendmsg()`, so the
+        /// connection never reached the proxy. Its bytes then pass without a relay, and a
+        /// denied call failed with `EPERM`.
+        #[serde(default)]
+        in_kernel: bool,
     },
     /// An allowed connection ended.
     Closed {

@@ -75,7 +75,7 @@ impl ConnectionTable {
                 tracked.info.state = ConnectionState::Pending;
                 tracked.info.pending_id = Some(*pending_id);
             }
-            EventKind::Decided { action, by } => {
+            EventKind::Decided { action, by, .. } => {
                 tracked.info.state = match action {
                     Action::Allow => ConnectionState::Allowed,
                     Action::Deny => ConnectionState::Denied,
@@ -191,7 +191,11 @@ mod tests {
     }
 
     fn decided(action: Action, by: DecidedBy) -> EventKind {
-        EventKind::Decided { action, by }
+        EventKind::Decided {
+            action,
+            by,
+            in_kernel: false,
+        }
     }
 
     #[test]

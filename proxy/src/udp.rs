@@ -196,6 +196,7 @@ async fn run_flow(shared: Arc<Shared>, table: Arc<FlowTable>, mut flow: Flow, fi
             EventKind::Decided {
                 action: verdict.action,
                 by: verdict.by,
+                in_kernel: false,
             },
         );
         match verdict.action {

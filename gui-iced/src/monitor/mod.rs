@@ -113,7 +113,7 @@ impl Monitor {
         };
         match &event.kind {
             EventKind::Held { pending_id } => info.pending_id = Some(*pending_id),
-            EventKind::Decided { action, by } => {
+            EventKind::Decided { action, by, .. } => {
                 info.state = state_of(*action);
                 info.decided_by = Some(*by);
                 info.pending_id = None;
@@ -376,6 +376,7 @@ pub(crate) mod tests {
         event.kind = EventKind::Decided {
             action: Action::Allow,
             by: DecidedBy::User,
+            in_kernel: false,
         };
         monitor.apply(&event);
         event.kind = EventKind::Closed {

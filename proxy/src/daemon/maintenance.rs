@@ -39,8 +39,11 @@ impl Shared {
         let mut state = self.lock();
         match state.book.remove_ended(&now, is_running) {
             Ok(removed) => {
-                for rule in removed {
+                for rule in &removed {
                     info!(rule = %rule.id, lifetime = %rule.lifetime, "rule ended");
+                }
+                if !removed.is_empty() {
+                    self.rules_changed(&state);
                 }
             }
             Err(err) => error!(error = %err, "failed to remove ended rules"),

@@ -37,6 +37,7 @@ use crate::{
     config::{Config, Mode},
     control::{self, ControlListener},
     counting::CountingStream,
+    fast_path::{self, FastPath},
     firewall::{DnsSpec, HEARTBEAT_INTERVAL, Interception, KernelAllow},
     holding::{NewHold, PendingTable, Verdict, unix_ms},
     naming::{self, DaemonAskers, Naming},
@@ -90,7 +91,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
     let listeners = bind_listeners(&config)?;
     let udp_listeners = udp::bind_listeners(&config)?;
-    let (owners, classifier_counters) = load_attribution(&config);
+    let attribution = load_attribution(&config);
+    let owners = attribution.owners;
+    let classifier_counters = attribution.counters;
     let refusals = Arc::new(RefusalPolicy::default());
     let dns = start_resolver(&config, Arc::clone(&owners), Arc::clone(&refusals))?;
     let dns_spec = dns
@@ -113,6 +116,8 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         None
     };
 
+    let (fast_path, flow_events) =
+        start_fast_path(&config, attribution.kernel, &interception, &book);
     let names = dns.as_ref().map(DnsServer::names);
     let decisions = Decisions { policy, flow_log };
     let shared = Arc::new(Shared::new(
@@ -122,11 +127,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
         owners,
         decisions,
         (names, dns_spec),
+        fast_path,
     ));
     refusals.bind(&shared);
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(counters) = classifier_counters {
         tasks.spawn(counters);
+    }
+    if let Some((events, attribution)) = flow_events {
+        tasks.spawn(fast_path::serve_events(
+            Arc::clone(&shared),
+            events,
+            attribution,
+        ));
     }
     for listener in listeners {
         tasks.spawn(accept_loop(Arc::clone(&shared), listener));
@@ -141,6 +154,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
 
     shutdown.await;
     info!("shutting down");
+    if let Some(fast_path) = &shared.fast_path {
+        fast_path.stop();
+    }
     tasks.abort_all();
     shared.flush_hits();
     if let Some(interception) = shared.interception.lock().await.take()
@@ -360,12 +376,70 @@ fn write_summary(config: &Config, flow_log: &FlowLog) {
 /// A task that watches the classifier's counters.
 type CountersTask = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// The parts of process attribution that [`load_attribution`] loaded.
+struct Attribution {
+    owners: Arc<dyn OwnerLookup>,
+    counters: Option<CountersTask>,
+    /// The BPF programs' fast path, when they loaded.
+    kernel: Option<KernelFastPath>,
+}
+
+/// The classifier's fast path maps and event ring, with the attribution that names the
+/// processes in its events.
+struct KernelFastPath {
+    fast_path: tollgate_classifier::FastPath,
+    events: tollgate_classifier::FlowEvents,
+    attribution: Arc<KernelAttribution>,
+}
+
+impl Attribution {
+    fn none() -> Self {
+        Self {
+            owners: Arc::new(NoAttribution),
+            counters: None,
+            kernel: None,
+        }
+    }
+}
+
+/// The fast path and its event ring with the attribution that names their processes.
+type FastPathParts = (
+    Option<FastPath>,
+    Option<(tollgate_classifier::FlowEvents, Arc<KernelAttribution>)>,
+);
+
+/// Starts the fast path when the config asks for it, the mode is interactive, the table is
+/// installed and the BPF programs loaded. Without it every flow goes through the proxy.
+fn start_fast_path(
+    config: &Config,
+    kernel: Option<KernelFastPath>,
+    interception: &Option<Interception>,
+    book: &RuleBook,
+) -> FastPathParts {
+    let Some(kernel) = kernel else {
+        return (None, None);
+    };
+    if !config.interception.fast_path || config.mode != Mode::Interactive || interception.is_none()
+    {
+        info!("fast path off; every flow goes through the proxy");
+        return (None, None);
+    }
+    let bypass_mark = config.interception.bypass_mark;
+    match FastPath::start(kernel.fast_path, bypass_mark, book.rules()) {
+        Ok(fast_path) => (Some(fast_path), Some((kernel.events, kernel.attribution))),
+        Err(err) => {
+            warn!(error = %format!("{err:#}"), "fast path unavailable; every flow goes through the proxy");
+            (None, None)
+        }
+    }
+}
+
 /// Loads the BPF programs that name each flow's process. Without them the daemon still works,
 /// but every flow shows as "unknown process", so a failure is logged as an error.
-fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTask>) {
+fn load_attribution(config: &Config) -> Attribution {
     if !config.attribution.enabled {
         warn!("process attribution disabled in config; flows show as unknown process");
-        return (Arc::new(NoAttribution), None);
+        return Attribution::none();
     }
     if let Some(release) = kernel_too_old() {
         error!(
@@ -374,7 +448,7 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
             MIN_KERNEL.0,
             MIN_KERNEL.1
         );
-        return (Arc::new(NoAttribution), None);
+        return Attribution::none();
     }
     let cgroup = match &config.attribution.cgroup {
         Some(path) => path.clone(),
@@ -382,7 +456,7 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
             Ok(path) => path,
             Err(err) => {
                 error!(error = %err, "process attribution unavailable; flows show as unknown process");
-                return (Arc::new(NoAttribution), None);
+                return Attribution::none();
             }
         },
     };
@@ -393,9 +467,19 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
                 executable_paths = classifier.has_exe_paths(),
                 "process attribution attached"
             );
-            let attribution = Arc::new(KernelAttribution::new(classifier));
+            let mut attribution = KernelAttribution::new(classifier);
+            let fast_path = attribution.take_fast_path();
+            let attribution = Arc::new(attribution);
             let counters = Box::pin(watch_counters(Arc::clone(&attribution)));
-            (attribution, Some(counters))
+            Attribution {
+                owners: Arc::clone(&attribution) as Arc<dyn OwnerLookup>,
+                counters: Some(counters),
+                kernel: fast_path.map(|(fast_path, events)| KernelFastPath {
+                    fast_path,
+                    events,
+                    attribution,
+                }),
+            }
         }
         Err(err) => {
             error!(
@@ -403,7 +487,7 @@ fn load_attribution(config: &Config) -> (Arc<dyn OwnerLookup>, Option<CountersTa
                 error = %format!("{err:#}"),
                 "process attribution unavailable; flows show as unknown process"
             );
-            (Arc::new(NoAttribution), None)
+            Attribution::none()
         }
     }
 }
@@ -446,6 +530,18 @@ async fn watch_counters(attribution: Arc<KernelAttribution>) {
                 socket_update_failed = counters.socket_update_failed,
                 flow_update_failed = counters.flow_update_failed,
                 "attribution maps rejected updates; some flows will show as unknown process"
+            );
+        }
+        if counters.flow_events_lost > reported.flow_events_lost {
+            warn!(
+                flow_events_lost = counters.flow_events_lost,
+                "fast path events lost; some kernel flows have no events"
+            );
+        }
+        if counters.fast_sockets_rejected > reported.fast_sockets_rejected {
+            warn!(
+                fast_sockets_rejected = counters.fast_sockets_rejected,
+                "fast path full; some allowed flows went through the proxy"
             );
         }
         if counters.socket_record_missing > reported.socket_record_missing {
@@ -512,6 +608,8 @@ pub struct Shared {
     decisions: Decisions,
     /// Connections in progress and recently ended, for the monitor.
     connections: Mutex<ConnectionTable>,
+    /// The kernel's verdicts, when the fast path runs.
+    pub(crate) fast_path: Option<FastPath>,
 }
 
 /// Policy and flow log of audit and enforce mode.
@@ -540,6 +638,7 @@ impl Shared {
         owners: Arc<dyn OwnerLookup>,
         decisions: Decisions,
         (names, dns_spec): (Option<Arc<NameMap>>, Option<DnsSpec>),
+        fast_path: Option<FastPath>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         Self {
@@ -559,7 +658,23 @@ impl Shared {
             dns_spec,
             decisions,
             connections: Mutex::new(ConnectionTable::new()),
+            fast_path,
         }
+    }
+
+    /// Hands the rules to the kernel after a change. Call it with the state's lock held, so
+    /// that no flow decided under the old rules adds a verdict afterwards.
+    fn rules_changed(&self, state: &State) {
+        if let Some(fast_path) = &self.fast_path {
+            fast_path.sync(state.book.rules());
+        }
+    }
+
+    /// Counts a flow that the kernel decided by rule `rule_id`.
+    pub(crate) fn record_kernel_hit(&self, rule_id: u64) {
+        let now = clock::now();
+        let id = tollgate_rules::RuleId(rule_id);
+        self.lock().book.record_hits(id, 1, now.unix_ms);
     }
 
     /// Returns the daemon's status.
@@ -586,6 +701,7 @@ impl Shared {
                 }
             }),
             mode: self.config.mode,
+            fast_path: self.fast_path.is_some(),
         }
     }
 
@@ -610,9 +726,16 @@ impl Shared {
                     )
                 })?;
                 *interception = Some(installed);
+                if let Some(fast_path) = &self.fast_path {
+                    fast_path.resume(self.lock().book.rules());
+                }
                 warn!("interception enabled by control request");
             }
             (false, Some(installed)) => {
+                // Kernel verdicts would go on denying while traffic should pass unfiltered.
+                if let Some(fast_path) = &self.fast_path {
+                    fast_path.stop();
+                }
                 if let Err(err) = installed.remove().await {
                     error!(error = %error_chain(&err), "failed to remove interception");
                     // Whatever is left still diverts traffic, so report it as installed.
@@ -876,6 +999,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
             EventKind::Decided {
                 action: verdict.action,
                 by: verdict.by,
+                in_kernel: false,
             },
         );
         match verdict.action {
@@ -915,7 +1039,7 @@ pub(crate) async fn verdict_for(
     let (pending_id, mut receiver) = {
         let mut state = shared.lock();
         // A rule may have been added while the first bytes were awaited.
-        if let Some(verdict) = rule_verdict_locked(&mut state, flow) {
+        if let Some(verdict) = rule_verdict_locked(&mut state, flow, shared.fast_path.as_ref()) {
             return verdict;
         }
         if state.pending.held_connections() >= shared.config.max_held_connections {
@@ -965,15 +1089,24 @@ pub(crate) async fn verdict_for(
 
 /// Returns the verdict of the rule that decides `flow`, if any, counting its hit.
 fn rule_verdict(shared: &Shared, flow: &Flow) -> Option<Verdict> {
-    rule_verdict_locked(&mut shared.lock(), flow)
+    rule_verdict_locked(&mut shared.lock(), flow, shared.fast_path.as_ref())
 }
 
-fn rule_verdict_locked(state: &mut State, flow: &Flow) -> Option<Verdict> {
+/// Returns the verdict of the rule that decides `flow`, counting its hit, and hands the
+/// verdict to the kernel's fast path when it can apply it to the next such flow.
+fn rule_verdict_locked(
+    state: &mut State,
+    flow: &Flow,
+    fast_path: Option<&FastPath>,
+) -> Option<Verdict> {
     let mut facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
     facts.hosts = flow.naming.chain.clone();
     let now = clock::now();
     let (id, action) = state.book.decide(&facts, &now)?;
     state.book.record_hits(id, 1, now.unix_ms);
+    if let Some(fast_path) = fast_path {
+        fast_path.learn(flow, state.book.rules());
+    }
     Some(Verdict {
         action,
         by: DecidedBy::Rule { rule: id },

@@ -59,6 +59,7 @@ impl Shared {
                 let rule = rule_for_pending(&info, destination.clone(), action, lifetime, rule_id);
                 let rule = stamped(rule, now.unix_ms);
                 add_rules(&mut state, vec![rule.clone()])?;
+                self.rules_changed(&state);
                 Some(rule)
             }
         };
@@ -107,6 +108,7 @@ impl Shared {
         rule.updated_unix_ms = now.unix_ms;
 
         add_rules(&mut state, vec![rule.clone()])?;
+        self.rules_changed(&state);
         let settled = settle_decided(&mut state);
         info!(rule = %rule.id, action = %rule.action, lifetime = %rule.lifetime, "rule added");
         Ok(Response::RuleAdded { rule, settled })
@@ -147,6 +149,7 @@ impl Shared {
             .book
             .replace(rule.clone())
             .map_err(|err| store_failed("change", &[id], &err))?;
+        self.rules_changed(&state);
         let settled = settle_decided(&mut state);
         info!(rule = %id, enabled = rule.enabled, "rule changed");
         Ok(Response::RuleEdited { rule, settled })
@@ -160,6 +163,7 @@ impl Shared {
             .book
             .remove_all(&[id])
             .map_err(|err| store_failed("remove", &[id], &err))?;
+        self.rules_changed(&state);
         info!(rule = %id, "rule removed");
         Ok(Response::RuleRemoved { id })
     }
@@ -193,6 +197,7 @@ impl Shared {
 
         let ids: Vec<RuleId> = rules.iter().map(|rule| rule.id).collect();
         add_rules(&mut state, rules)?;
+        self.rules_changed(&state);
         let settled = settle_decided(&mut state);
         info!(rules = ids.len(), settled, "rules imported");
         Ok(Response::RulesImported { ids, settled })

@@ -73,7 +73,11 @@ pub fn describe_event(event: &Event) -> String {
         EventKind::Held { pending_id } => {
             format!("held     {flow} by {process} (pending {pending_id})")
         }
-        EventKind::Decided { action, by } => {
+        EventKind::Decided {
+            action,
+            by,
+            in_kernel,
+        } => {
             let by = match by {
                 DecidedBy::Rule { rule } => format!("rule {rule}"),
                 DecidedBy::User => "user".to_owned(),
@@ -83,7 +87,8 @@ pub fn describe_event(event: &Event) -> String {
                 DecidedBy::Policy { entry: Some(entry) } => format!("policy entry {entry}"),
                 DecidedBy::Policy { entry: None } => "policy".to_owned(),
             };
-            format!("{action:<8} {flow} by {process} ({by})")
+            let place = if *in_kernel { ", in the kernel" } else { "" };
+            format!("{action:<8} {flow} by {process} ({by}{place})")
         }
         EventKind::Closed {
             bytes_up,

@@ -215,6 +215,10 @@ async fn status(client: &mut Client) -> anyhow::Result<()> {
         status.pending_requests, status.held_connections
     );
     println!("  active relays:      {}", status.active_connections);
+    println!(
+        "  kernel fast path:   {}",
+        if status.fast_path { "on" } else { "off" }
+    );
     println!("  rules:              {}", status.rules);
     println!(
         "  prompt timeout:     {}s, then {}",
