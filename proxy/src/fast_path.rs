@@ -8,7 +8,7 @@
 //! each such flow's start, end and bytes, and each denial, on a ring that [`serve_events`]
 //! turns into the usual `decided` and `closed` events, marked `in_kernel`, at most 10 ms later.
 //!
-//! The kernel knows a flow's executable, address, port and protocol, nothing else. So a
+//! The kernel sees a flow's executable, address, port and protocol, nothing else. So a
 //! verdict is written only for an executable whose applicable rules need nothing more: no
 //! host name or domain, digest, user, command line, script or parent condition, and for
 //! programs that no rule names, no executable glob either. Every other flow takes the path
@@ -181,9 +181,9 @@ fn named_executables(rules: &RuleSet) -> BTreeSet<&Path> {
 }
 
 /// Returns whether the kernel can apply `rules` to the flows of `executable`, or with `None`
-/// to the flows of every program that no rule names exactly: whether every enabled rule that
-/// may apply to them conditions on nothing but the executable and the destination's address,
-/// port and protocol.
+/// to those of every program that no rule names exactly. That holds when every enabled rule
+/// that may apply to them needs only the executable and the destination's address, port and
+/// protocol.
 fn kernel_decidable(rules: &RuleSet, executable: Option<&Path>) -> bool {
     rules.iter().filter(|rule| rule.enabled).all(|rule| {
         let applies = match (&rule.subject.executable, executable) {
@@ -197,7 +197,7 @@ fn kernel_decidable(rules: &RuleSet, executable: Option<&Path>) -> bool {
     })
 }
 
-/// Returns whether `rule` conditions on nothing the kernel does not know at `connect()`.
+/// Returns whether `rule` needs no fact that the kernel lacks at `connect()`.
 fn needs_only_kernel_facts(rule: &Rule) -> bool {
     let subject = &rule.subject;
     let by_name = matches!(
@@ -612,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn program_rule_overrides_any_rule_for_its_program() {
+    fn program_rule_beats_rule_for_any() {
         let rules = RuleSet::from_rules(vec![
             rule(1, None, "203.0.113.10", Some(7), Action::Deny),
             rule(2, Some("/usr/bin/curl"), "any", None, Action::Allow),
@@ -632,7 +632,7 @@ mod tests {
     }
 
     #[test]
-    fn name_rule_keeps_its_programs_in_the_proxy() {
+    fn name_rule_keeps_program_in_proxy() {
         let rules = RuleSet::from_rules(vec![
             rule(1, None, "203.0.113.10", Some(80), Action::Allow),
             rule(2, Some("/usr/bin/curl"), "*.lab.test", None, Action::Deny),
@@ -647,7 +647,7 @@ mod tests {
     }
 
     #[test]
-    fn user_condition_keeps_flows_in_the_proxy() {
+    fn user_condition_keeps_flows_in_proxy() {
         let mut per_user = rule(1, None, "203.0.113.10", Some(80), Action::Allow);
         per_user.subject.user = Some("65534".parse().unwrap());
         let rules = RuleSet::from_rules(vec![per_user]);
@@ -656,7 +656,7 @@ mod tests {
     }
 
     #[test]
-    fn executable_glob_keeps_unnamed_programs_in_the_proxy() {
+    fn executable_glob_keeps_others_in_proxy() {
         let mut glob = rule(2, None, "any", None, Action::Deny);
         glob.subject.executable = Some("/opt/*".parse().unwrap());
         let rules = RuleSet::from_rules(vec![
