@@ -295,9 +295,10 @@ fn dedup(values: &[String]) -> String {
 pub fn notes(settings: &Settings) -> Vec<String> {
     vec![
         "Off is the same lab without `tollgated`: no nftables table and no BPF program. On \
-         runs `tollgated` (log level info) with two rules that allow 203.0.113.10 port 5201 \
-         (TCP and UDP) and port 9000 (TCP), so a rule decides every measured flow except the \
-         held and probed ones."
+         runs `tollgated` (default settings, log level info) with two rules that allow \
+         203.0.113.10 port 5201 (TCP and UDP) and port 9000 (TCP), so a rule decides every \
+         measured flow except the held and probed ones, which take the path through the \
+         proxy. With the fast path the kernel decides the ruled flows at `connect()`."
             .to_owned(),
         format!(
             "Bulk: `iperf3 --reverse` for {} s from net to desk, with 1 and {} streams. \
