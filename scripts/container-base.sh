@@ -8,6 +8,7 @@ set -euo pipefail
 
 IMAGE=docker.io/library/debian:bookworm
 # Tests build images in parallel, so the lock makes the others wait for one debootstrap run.
+mkdir -p /run/lock
 exec 9>/run/lock/tollgate-container-base.lock
 flock 9
 if podman image exists "$IMAGE"; then
