@@ -2,11 +2,15 @@
 # Builds the local base image `debian:bookworm` that the Dockerfile starts from, with
 # debootstrap, because no container registry is reachable from the build machines. Does nothing
 # when the image exists already. Run as root; needs podman and debootstrap
-# (scripts/install-deps.sh installs both). Takes about a minute, most of it downloading
+# (scripts/install-deps.sh installs both). Takes one to two minutes, most of it downloading
 # Debian packages.
 set -euo pipefail
 
 IMAGE=docker.io/library/debian:bookworm
+# Tests build images in parallel, so the lock makes the others wait for one debootstrap run.
+mkdir -p /run/lock
+exec 9>/run/lock/tollgate-container-base.lock
+flock 9
 if podman image exists "$IMAGE"; then
     echo "$IMAGE exists; nothing to do"
     exit 0

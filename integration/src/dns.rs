@@ -231,6 +231,10 @@ fn dnsmasq_args() -> Vec<String> {
         "--bind-interfaces",
         "--local=/lab.test/",
         "--user=root",
+        // Without an argument this writes no PID file. The default, /var/run/dnsmasq.pid, is
+        // shared by every lab, and two labs starting at once made dnsmasq fail with "failed
+        // to open pidfile /var/run/dnsmasq.pid: File exists" (dnsmasq 2.90).
+        "--pid-file",
     ]
     .iter()
     .map(|arg| arg.to_string())

@@ -1,16 +1,25 @@
 //! End-to-end tests of the container image. Podman builds it from the Dockerfile without a
-//! registry, and `tollgated` runs in a container attached to the lab's desk namespace. A second
-//! container that shares its network namespace makes HTTP requests to the lab's servers.
+//! registry, compiling the binaries in its builder stage, and `tollgated` runs in a container
+//! attached to the lab's desk namespace. Client containers that share its network namespace
+//! resolve names of the lab's zone through the lab's DNS server and make HTTP requests by name
+//! and by address. The flow log, the summary and `tollgate report` must name each flow's
+//! process and domain.
 //!
 //! Both containers run below a cgroup the test creates, which is bound into the daemon's
 //! container as its attribution cgroup, so the client container's processes are named. The
 //! containers, the image and the cgroups are removed on drop, also after a failure. Containers
 //! never use podman's default network, which would change the host's firewall.
+//!
+//! The image build compiles `tollgate-proxy` in release mode. Its cargo target directory is
+//! kept between runs (see scripts/container-image.sh), so only the first run on a machine
+//! compiles everything.
 
 use std::{
     fs,
+    net::Ipv4Addr,
     path::{Path, PathBuf},
     process::{Command, Output},
+    sync::{Mutex, PoisonError},
     thread,
     time::{Duration, Instant},
 };
@@ -18,8 +27,8 @@ use std::{
 use tollgate_integration::{
     Lab,
     cgroup::TestCgroup,
-    topology::{SERVER_A_V4, SERVER_B_V4},
-    workspace_binary,
+    dns::{SHOP_NAME, SHORT_TTL_NAME},
+    topology::{DNS_V4, SERVER_A_V4, SERVER_B_V4},
 };
 
 /// Generous bound on waits for the daemon's container.
@@ -70,12 +79,36 @@ impl Drop for ContainerGuard {
     }
 }
 
-/// A test image removed on drop.
+/// Number of live [`ImageGuard`]s. The tests of this binary share one image, and the mutex
+/// keeps `podman rmi` from running while a test builds it, because a removal that runs during
+/// a build can delete the cached layers that the build is using.
+static IMAGE_USERS: Mutex<usize> = Mutex::new(0);
+
+/// A use of the test image, which is built for the first use and removed when the last one
+/// drops. The layers it was built from stay in podman's cache.
 struct ImageGuard(String);
+
+impl ImageGuard {
+    fn acquire() -> Self {
+        let mut users = IMAGE_USERS.lock().unwrap_or_else(PoisonError::into_inner);
+        let tag = format!("localhost/tollgate-test:{}", std::process::id());
+        if *users == 0 {
+            build_image(&tag);
+        }
+        *users += 1;
+        Self(tag)
+    }
+}
 
 impl Drop for ImageGuard {
     fn drop(&mut self) {
-        let _ = Command::new("podman").args(["rmi", "-f", &self.0]).output();
+        let mut users = IMAGE_USERS.lock().unwrap_or_else(PoisonError::into_inner);
+        *users -= 1;
+        if *users == 0 {
+            let _ = Command::new("podman")
+                .args(["rmi", "-f", "--no-prune", &self.0])
+                .output();
+        }
     }
 }
 
@@ -122,24 +155,12 @@ fn remove_cgroup_tree(dir: &Path) {
     }
 }
 
-/// Builds the image from the Dockerfile with the binaries of this build, without pulling.
-fn build_image(tag: &str, work_dir: &Path) -> ImageGuard {
-    run_ok(&mut Command::new(
-        repo_root().join("scripts/container-base.sh"),
-    ));
-    let bin_dir = workspace_binary("tollgated")
-        .unwrap_or_else(|err| panic!("{err}"))
-        .parent()
-        .expect("binary has a directory")
-        .to_owned();
-    let guard = ImageGuard(tag.to_owned());
-    run_ok(
-        Command::new(repo_root().join("scripts/container-image.sh"))
-            .arg(tag)
-            .env("TOLLGATE_BIN_DIR", &bin_dir)
-            .env("TMPDIR", work_dir),
-    );
-    guard
+/// Builds the image from the Dockerfile, compiling the binaries from this checkout, without
+/// pulling. Panics when the build fails. A podman build that fails leaves no image behind.
+fn build_image(tag: &str) {
+    let started = Instant::now();
+    run_ok(Command::new(repo_root().join("scripts/container-image.sh")).arg(tag));
+    eprintln!("built {tag} in {:.1?}", started.elapsed());
 }
 
 /// The lab, the image and the cgroup the containers of one test share.
@@ -154,8 +175,7 @@ struct Setup {
 impl Setup {
     fn new() -> Self {
         let lab = Lab::start().unwrap_or_else(|err| panic!("failed to start the lab: {err:#}"));
-        let tag = format!("localhost/tollgate-test:{}", lab.name());
-        let image = build_image(&tag, lab.work_dir());
+        let image = ImageGuard::acquire();
         let cgroup_name = format!("{}-containers", lab.name());
         let cgroup = TestCgroup::create(&cgroup_name)
             .unwrap_or_else(|err| panic!("failed to create cgroup {cgroup_name}: {err}"));
@@ -190,10 +210,14 @@ impl Setup {
     fn start_container(&self, name: &str, podman_args: &[&str], args: &[&str]) -> ContainerGuard {
         let guard = ContainerGuard(name.to_owned());
         let work_mount = format!("{}:{WORK_IN_CONTAINER}", self.lab.work_dir().display());
+        // `--dns` writes the lab's DNS server into the container's resolv.conf, which the
+        // client containers share. tollgated forwards to it, and diverts the clients' queries
+        // to it into its resolver.
         run_ok(
             Command::new("podman")
                 .args(["run", "-d", "--rm", "--name", name])
                 .arg(format!("--network=ns:{}", self.lab.desk().path().display()))
+                .arg(format!("--dns={DNS_V4}"))
                 .arg(format!("--cgroup-parent={}", self.cgroup_parent()))
                 .args(["--cgroupns=private", "--cap-add", "NET_ADMIN,BPF,SYS_ADMIN"])
                 .args(["-v", &work_mount])
@@ -217,29 +241,36 @@ impl Setup {
         }
     }
 
-    /// Runs an HTTP GET to `server` from a container that shares `daemon`'s network namespace.
-    fn http_get(&self, daemon: &str, server: std::net::Ipv4Addr) -> Output {
-        let name = format!("{daemon}-client");
+    /// Runs `script` with bash in a new container that shares `daemon`'s network namespace.
+    fn run_client(&self, daemon: &str, client: &str, script: &str) -> Output {
+        let name = format!("{daemon}-{client}");
         let _guard = ContainerGuard(name.clone());
         run(Command::new("podman")
             .args(["run", "--rm", "--name", &name])
             .arg(format!("--network=container:{daemon}"))
             .arg(format!("--cgroup-parent={}", self.cgroup_parent()))
-            .args([
-                "--entrypoint",
-                "bash",
-                &self.image.0,
-                "-c",
-                &http_script(server),
-            ]))
+            .args(["--entrypoint", "bash", &self.image.0, "-c", script]))
+    }
+
+    /// Runs an HTTP GET to `server` from a container that shares `daemon`'s network namespace.
+    fn http_get(&self, daemon: &str, client: &str, server: Ipv4Addr) -> Output {
+        self.run_client(daemon, client, &http_script(&server.to_string()))
+    }
+
+    /// Resolves `name` with `getent`, then sends an HTTP GET to `name` from a container that
+    /// shares `daemon`'s network namespace. The addresses `getent` found go to stderr.
+    fn http_get_by_name(&self, daemon: &str, client: &str, name: &str) -> Output {
+        let script = format!("getent hosts {name} >&2 && {}", http_script(name));
+        self.run_client(daemon, client, &script)
     }
 }
 
-/// Returns a bash script that sends an HTTP GET to `server` with bash's /dev/tcp, since the
-/// image has no HTTP client, and prints the response.
-fn http_script(server: std::net::Ipv4Addr) -> String {
+/// Returns a bash script that sends an HTTP GET to `host`, a name or an address, with bash's
+/// /dev/tcp, since the image has no HTTP client, and prints the response. Bash resolves a name
+/// itself, through the resolv.conf of the container.
+fn http_script(host: &str) -> String {
     format!(
-        "exec 3<>/dev/tcp/{server}/80 && printf 'GET / HTTP/1.0\\r\\nHost: {server}\\r\\n\\r\\n' >&3 \
+        "exec 3<>/dev/tcp/{host}/80 && printf 'GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n' >&3 \\
          && timeout 20 cat <&3"
     )
 }
@@ -295,6 +326,29 @@ fn desk_has_table(lab: &Lab) -> bool {
     text(&output.stdout).contains("tollgate")
 }
 
+/// Returns the record of the flow to `host`, or to the address `ip` when `host` is null.
+fn record_to<'a>(
+    records: &'a [serde_json::Value],
+    host: Option<&str>,
+    ip: Ipv4Addr,
+) -> &'a serde_json::Value {
+    let ip = ip.to_string();
+    records
+        .iter()
+        .find(|record| record["host"].as_str() == host && record["ip"] == ip.as_str())
+        .unwrap_or_else(|| panic!("no record to {host:?} at {ip}: {records:#?}"))
+}
+
+/// Asserts that `getent` in the client found `name` at `ip`, through the lab's DNS server.
+fn assert_resolved(output: &Output, name: &str, ip: Ipv4Addr) {
+    let stderr = text(&output.stderr);
+    let line = stderr
+        .lines()
+        .find(|line| line.contains(name))
+        .unwrap_or_else(|| panic!("getent did not resolve {name}: {stderr}"));
+    assert!(line.starts_with(&ip.to_string()), "{line}");
+}
+
 #[test]
 fn container_audits_sibling_container() {
     let setup = Setup::new();
@@ -306,12 +360,19 @@ fn container_audits_sibling_container() {
         &["--audit", "--audit-log", &log, "--audit-summary", &summary],
     );
 
-    assert_page(&setup.http_get(&daemon, SERVER_A_V4));
-    assert_page(&setup.http_get(&daemon, SERVER_B_V4));
-    let records = wait_for_records(&setup.flow_log(), 2);
-    for (record, server) in records.iter().zip(["203.0.113.10", "203.0.113.20"]) {
-        assert_eq!(record["ip"], server, "{records:#?}");
-        assert_eq!(record["verdict"], "allow");
+    // The request by address goes first: once any process resolved a name to an address, a
+    // flow to that address from a process that resolved nothing takes that name.
+    assert_page(&setup.http_get(&daemon, "address", SERVER_B_V4));
+    let shop = setup.http_get_by_name(&daemon, "shop", SHOP_NAME);
+    assert_page(&shop);
+    assert_resolved(&shop, SHOP_NAME, SERVER_A_V4);
+    let short = setup.http_get_by_name(&daemon, "short", SHORT_TTL_NAME);
+    assert_page(&short);
+    assert_resolved(&short, SHORT_TTL_NAME, SERVER_B_V4);
+    let records = wait_for_records(&setup.flow_log(), 3);
+    assert_eq!(records.len(), 3, "{records:#?}");
+    for record in &records {
+        assert_eq!(record["verdict"], "allow", "{record:#}");
         assert_eq!(record["process"]["comm"], "bash", "{record:#}");
         assert_eq!(
             record["process"]["executable"], "/usr/bin/bash",
@@ -321,11 +382,45 @@ fn container_audits_sibling_container() {
         let cgroup_id = record["process"]["cgroup_id"].as_u64().unwrap();
         assert_ne!(cgroup_id, 0, "{record:#}");
     }
-    let first = records[0]["process"]["cgroup_id"].as_u64();
-    let second = records[1]["process"]["cgroup_id"].as_u64();
+    // The names come from the DNS answers that the same process received.
+    let by_shop = record_to(&records, Some(SHOP_NAME), SERVER_A_V4);
+    assert_eq!(by_shop["name_source"], "dns", "{by_shop:#}");
+    let by_short = record_to(&records, Some(SHORT_TTL_NAME), SERVER_B_V4);
+    assert_eq!(by_short["name_source"], "dns", "{by_short:#}");
+    let by_address = record_to(&records, None, SERVER_B_V4);
+    assert!(by_address["name_source"].is_null(), "{by_address:#}");
     assert_ne!(
-        first, second,
+        by_shop["process"]["cgroup_id"], by_short["process"]["cgroup_id"],
         "each client container has a cgroup of its own"
+    );
+    let dns_log = fs::read_to_string(setup.lab.work_dir().join("dnsmasq.log"))
+        .expect("failed to read the lab's DNS log");
+    for name in [SHOP_NAME, SHORT_TTL_NAME] {
+        assert!(
+            dns_log.contains(&format!("query[A] {name}")),
+            "the lab's DNS server was not asked for {name}: {dns_log}"
+        );
+    }
+
+    // `tollgate report` in the daemon's container reads the same log.
+    let report = run_ok(Command::new("podman").args([
+        "exec",
+        &daemon,
+        "tollgate",
+        "report",
+        "--audit-log",
+        &log,
+    ]));
+    let report = text(&report.stdout);
+    assert!(report.contains("3 flow(s) from 3 process(es)"), "{report}");
+    assert!(report.contains("/usr/bin/bash [cgroup "), "{report}");
+    assert!(
+        report.contains("shop.lab.test (203.0.113.10):80/tcp"),
+        "{report}"
+    );
+    assert!(
+        report.contains("short.lab.test (203.0.113.20):80/tcp"),
+        "{report}"
     );
 
     run_ok(Command::new("podman").args(["stop", "-t", "20", &daemon]));
@@ -333,7 +428,15 @@ fn container_audits_sibling_container() {
     let summary = fs::read_to_string(setup.lab.work_dir().join("summary.txt"))
         .expect("no summary written at exit");
     assert!(summary.contains("/usr/bin/bash [cgroup "), "{summary}");
-    assert!(summary.contains("203.0.113.20:80/tcp"), "{summary}");
+    assert!(
+        summary.contains("shop.lab.test (203.0.113.10):80/tcp"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("short.lab.test (203.0.113.20):80/tcp"),
+        "{summary}"
+    );
+    assert!(summary.contains("\n  203.0.113.20:80/tcp"), "{summary}");
     assert!(
         !desk_has_table(&setup.lab),
         "the stopped daemon left its table in desk"
@@ -354,7 +457,7 @@ fn container_names_its_own_processes() {
         &daemon,
         "bash",
         "-c",
-        &http_script(SERVER_A_V4),
+        &http_script(&SERVER_A_V4.to_string()),
     ]));
     assert_page(&output);
     let records = wait_for_records(&setup.flow_log(), 1);
@@ -390,8 +493,8 @@ fn container_enforces_policy() {
     fs::write(
         setup.lab.work_dir().join("policy.toml"),
         format!(
-            "[[allow]]\nname = \"server A\"\nexecutables = [\"/usr/bin/bash\"]\n\
-             networks = [\"{SERVER_A_V4}\"]\nports = [80]\n"
+            "[[allow]]\nname = \"shop\"\nexecutables = [\"/usr/bin/bash\"]\n\
+             domains = [\"{SHOP_NAME}\"]\nports = [80]\n"
         ),
     )
     .expect("failed to write policy");
@@ -402,21 +505,48 @@ fn container_enforces_policy() {
         &["--enforce", "--policy", &policy, "--audit-log", &log],
     );
 
-    assert_page(&setup.http_get(&daemon, SERVER_A_V4));
-    let refused = setup.http_get(&daemon, SERVER_B_V4);
+    // The allowed name's address without a name matches no entry. This request goes first,
+    // because once a process resolved the name, flows to its address from processes that
+    // resolved nothing take that name.
+    let unnamed = setup.http_get(&daemon, "address", SERVER_A_V4);
+    assert!(
+        !text(&unnamed.stdout).contains("HTTP/1.0 200"),
+        "an address without a name answered: {}",
+        text(&unnamed.stdout)
+    );
+    let allowed = setup.http_get_by_name(&daemon, "shop", SHOP_NAME);
+    assert_page(&allowed);
+    assert_resolved(&allowed, SHOP_NAME, SERVER_A_V4);
+    // The policy does not decide DNS queries, so the name outside the policy still resolves,
+    // and the connection to it is refused.
+    let refused = setup.http_get_by_name(&daemon, "short", SHORT_TTL_NAME);
+    assert_resolved(&refused, SHORT_TTL_NAME, SERVER_B_V4);
     assert!(
         !text(&refused.stdout).contains("HTTP/1.0 200"),
-        "a server outside the policy answered: {}",
+        "a domain outside the policy answered: {}",
         text(&refused.stdout)
     );
-    let records = wait_for_records(&setup.flow_log(), 2);
-    let denied = records
-        .iter()
-        .find(|record| record["verdict"] == "deny")
-        .unwrap_or_else(|| panic!("no denial recorded: {records:#?}"));
-    assert_eq!(denied["ip"], "203.0.113.20");
-    let reason = denied["reason"].as_str().expect("denial without a reason");
-    assert!(reason.contains("203.0.113.20"), "{reason}");
+
+    let records = wait_for_records(&setup.flow_log(), 3);
+    let by_shop = record_to(&records, Some(SHOP_NAME), SERVER_A_V4);
+    assert_eq!(by_shop["verdict"], "allow", "{by_shop:#}");
+    assert_eq!(by_shop["process"]["executable"], "/usr/bin/bash");
+    let by_short = record_to(&records, Some(SHORT_TTL_NAME), SERVER_B_V4);
+    assert_eq!(by_short["verdict"], "deny", "{by_short:#}");
+    assert_eq!(by_short["process"]["executable"], "/usr/bin/bash");
+    let reason = by_short["reason"]
+        .as_str()
+        .expect("denial without a reason");
+    assert!(
+        reason.contains("short.lab.test (203.0.113.20) is not in [shop.lab.test]"),
+        "{reason}"
+    );
+    let by_address = record_to(&records, None, SERVER_A_V4);
+    assert_eq!(by_address["verdict"], "deny", "{by_address:#}");
+    let reason = by_address["reason"]
+        .as_str()
+        .expect("denial without a reason");
+    assert!(reason.contains("name unknown"), "{reason}");
     assert!(
         container_log(&daemon).contains("denied by policy"),
         "{}",

@@ -17,7 +17,7 @@ use tracing::warn;
 
 use crate::{
     policy::FlowFacts,
-    protocol::{EventKind, Expected, ProcessInfo},
+    protocol::{EventKind, Expected, NameSource, ProcessInfo},
     report::Summary,
 };
 
@@ -123,6 +123,10 @@ pub struct FlowIdentity<'a> {
     pub destination: SocketAddr,
     /// Transport protocol.
     pub protocol: Protocol,
+    /// Domain name of the destination, when known.
+    pub host: Option<&'a str>,
+    /// Source of `host`, such as the DNS answer it came from.
+    pub name_source: NameSource,
 }
 
 impl FlowLog {
@@ -178,8 +182,8 @@ impl FlowLog {
                     ip: flow.destination.ip(),
                     port: flow.destination.port(),
                     protocol: flow.protocol,
-                    host: None,
-                    name_source: None,
+                    host: flow.host.map(str::to_owned),
+                    name_source: flow.host.is_some().then(|| flow.name_source.to_string()),
                     verdict: *action,
                     expected,
                     reason: reason.flatten(),
@@ -284,6 +288,8 @@ mod tests {
             source: "10.77.0.2:40000".parse().unwrap(),
             destination: "203.0.113.10:80".parse().unwrap(),
             protocol: Protocol::Tcp,
+            host: None,
+            name_source: NameSource::None,
         }
     }
 
@@ -331,6 +337,22 @@ mod tests {
         let text = fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"host\":null"), "{text}");
         assert!(text.contains("\"name_source\":null"), "{text}");
+    }
+
+    #[test]
+    fn named_flow_is_written_with_host() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("flows.jsonl");
+        let log = FlowLog::open(&path).unwrap();
+        let flow = FlowIdentity {
+            host: Some("blog.lab.test"),
+            name_source: NameSource::Dns,
+            ..identity(None)
+        };
+        log.observe(&flow, &decided(Action::Deny), 1);
+        let records = read_records(&path).unwrap();
+        assert_eq!(records[0].host.as_deref(), Some("blog.lab.test"));
+        assert_eq!(records[0].name_source.as_deref(), Some("dns"));
     }
 
     #[test]

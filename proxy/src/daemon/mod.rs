@@ -831,6 +831,8 @@ impl Shared {
                 source: flow.source,
                 destination: flow.destination,
                 protocol: flow.protocol,
+                host: flow.naming.host.as_deref(),
+                name_source: flow.naming.source,
             };
             flow_log.observe(&identity, &kind, time_unix_ms);
         }
