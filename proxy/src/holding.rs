@@ -11,7 +11,9 @@ use std::{
 use tokio::sync::oneshot;
 use tollgate_rules::{Action, Protocol};
 
-use crate::protocol::{DecidedBy, NameSource, PendingInfo, ProcessInfo};
+use crate::protocol::{
+    ConnectionInfo, ConnectionState, DecidedBy, NameSource, PendingInfo, ProcessInfo,
+};
 
 /// The decision delivered to a held connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +31,10 @@ pub struct HeldConnection {
     pub connection: u64,
     /// Sender half of the channel the connection task waits on.
     pub responder: oneshot::Sender<Verdict>,
+    /// Client address.
+    pub source: SocketAddr,
+    /// When the connection arrived, in milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
 }
 
 /// The facts that make two connections identical for grouping. The host name is one of them,
@@ -115,6 +121,8 @@ impl PendingTable {
         let held = HeldConnection {
             connection: hold.connection,
             responder,
+            source: hold.source,
+            started_unix_ms: unix_ms(hold.started),
         };
         if let Some(id) = self.index.get(&key)
             && let Some(group) = self.groups.get_mut(id)
@@ -196,6 +204,34 @@ impl PendingTable {
             .values()
             .map(|group| group.info.clone())
             .collect()
+    }
+
+    /// Returns each held connection as the connection list shows it, oldest request first.
+    pub fn connections(&self) -> Vec<ConnectionInfo> {
+        let mut listed = Vec::with_capacity(self.held);
+        for group in self.groups.values() {
+            let info = &group.info;
+            for held in &group.connections {
+                listed.push(ConnectionInfo {
+                    connection: held.connection,
+                    process: info.process.clone(),
+                    source: held.source,
+                    destination: info.destination,
+                    host: info.host.clone(),
+                    name_source: info.name_source,
+                    protocol: info.protocol,
+                    state: ConnectionState::Pending,
+                    pending_id: Some(info.id),
+                    decided_by: None,
+                    started_unix_ms: held.started_unix_ms,
+                    ended_unix_ms: None,
+                    bytes_up: 0,
+                    bytes_down: 0,
+                    error: None,
+                });
+            }
+        }
+        listed
     }
 
     /// Returns the number of pending requests.

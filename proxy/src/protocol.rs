@@ -403,8 +403,6 @@ pub struct ProcessInfo {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConnectionState {
-    /// Seen, and not yet decided or held.
-    New,
     /// Held, waiting for a decision.
     Pending,
     /// Allowed: relayed, or failed to reach its destination.

@@ -2,7 +2,8 @@
 //! history of ended ones, for `list_connections` and the monitor.
 //!
 //! The table follows the events the daemon emits for every TCP connection and UDP flow, so a
-//! flow is tracked from its first event to its `closed` event, or to its verdict when denied.
+//! flow is tracked from its verdict to its `closed` event, or only at its verdict when denied.
+//! Held connections are listed from the pending table instead.
 
 use std::{
     collections::{BTreeMap, VecDeque},
@@ -56,31 +57,28 @@ impl ConnectionTable {
         Self::default()
     }
 
-    /// Updates the table with an event of a connection.
+    /// Updates the table with an event of a connection. Held connections are not tracked:
+    /// the pending table lists them, so holding many costs no memory here.
     pub fn observe(&mut self, event: &Event) {
-        let tracked = self
-            .open
-            .entry(event.connection)
-            .or_insert_with(|| Tracked {
-                info: new_info(event),
-                bytes: ByteCounters::default(),
-            });
-        // A name learned from the first bytes arrives with a later event.
-        if event.host.is_some() {
-            tracked.info.host.clone_from(&event.host);
-            tracked.info.name_source = event.name_source;
-        }
         match &event.kind {
-            EventKind::Held { pending_id } => {
-                tracked.info.state = ConnectionState::Pending;
-                tracked.info.pending_id = Some(*pending_id);
-            }
+            EventKind::Held { .. } => {}
             EventKind::Decided { action, by, .. } => {
+                let tracked = self
+                    .open
+                    .entry(event.connection)
+                    .or_insert_with(|| Tracked {
+                        info: new_info(event),
+                        bytes: ByteCounters::default(),
+                    });
+                // A name learned from the first bytes arrives with the verdict.
+                if event.host.is_some() {
+                    tracked.info.host.clone_from(&event.host);
+                    tracked.info.name_source = event.name_source;
+                }
                 tracked.info.state = match action {
                     Action::Allow => ConnectionState::Allowed,
                     Action::Deny => ConnectionState::Denied,
                 };
-                tracked.info.pending_id = None;
                 tracked.info.decided_by = Some(*by);
                 if *action == Action::Deny {
                     self.end(event.connection, event.time_unix_ms, None, None);
@@ -158,7 +156,7 @@ fn new_info(event: &Event) -> ConnectionInfo {
         host: event.host.clone(),
         name_source: event.name_source,
         protocol: event.protocol,
-        state: ConnectionState::New,
+        state: ConnectionState::Allowed,
         pending_id: None,
         decided_by: None,
         started_unix_ms: event.time_unix_ms,
@@ -220,8 +218,7 @@ mod tests {
     fn denied_connection_ends_at_verdict() {
         let mut table = ConnectionTable::new();
         table.observe(&event(1, 5, EventKind::Held { pending_id: 9 }));
-        assert_eq!(table.list()[0].pending_id, Some(9));
-        assert_eq!(table.list()[0].state, ConnectionState::Pending);
+        assert!(table.list().is_empty(), "held connections are not tracked");
         table.observe(&event(1, 50, decided(Action::Deny, DecidedBy::User)));
         let listed = table.list();
         assert_eq!(table.open_count(), 0);
@@ -248,7 +245,6 @@ mod tests {
     #[test]
     fn observe_updates_name_from_later_event() {
         let mut table = ConnectionTable::new();
-        table.observe(&event(1, 5, EventKind::Held { pending_id: 1 }));
         let mut named = event(1, 6, decided(Action::Allow, DecidedBy::User));
         named.host = Some("example.test".into());
         named.name_source = NameSource::Tls;

@@ -186,7 +186,6 @@ pub fn destination_title(info: &ConnectionInfo) -> String {
 /// Returns the state as a word, with who decided.
 pub fn state_text(info: &ConnectionInfo) -> String {
     let state = match info.state {
-        ConnectionState::New => return "new".to_owned(),
         ConnectionState::Pending => return "pending".to_owned(),
         ConnectionState::Allowed => "allowed",
         ConnectionState::Denied => "denied",

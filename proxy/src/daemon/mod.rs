@@ -857,9 +857,12 @@ impl Shared {
         self.tracked().counters(connection)
     }
 
-    /// Returns the connections in progress, then the recently ended ones.
+    /// Returns the held connections, then the others in progress, then the recently ended
+    /// ones.
     pub fn connections(&self) -> Vec<ConnectionInfo> {
-        self.tracked().list()
+        let mut listed = self.lock().pending.connections();
+        listed.extend(self.tracked().list());
+        listed
     }
 
     fn tracked(&self) -> MutexGuard<'_, ConnectionTable> {

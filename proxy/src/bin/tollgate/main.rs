@@ -336,7 +336,6 @@ async fn connections(client: &mut Client, json: bool) -> anyhow::Result<()> {
     for connection in &connections {
         let state = match (connection.state, connection.ended_unix_ms) {
             (_, Some(_)) if connection.state == ConnectionState::Allowed => "ended",
-            (ConnectionState::New, _) => "new",
             (ConnectionState::Pending, _) => "pending",
             (ConnectionState::Allowed, _) => "allowed",
             (ConnectionState::Denied, _) => "denied",
