@@ -77,6 +77,27 @@ fn pending_for(daemon: &Daemon, destination: &str) -> serde_json::Value {
     }
 }
 
+/// Waits for a pending request for `destination` named from its first bytes. The daemon holds
+/// a connection without a DNS name at once and names it when the client's first bytes arrive.
+fn named_pending_for(daemon: &Daemon, destination: &str) -> serde_json::Value {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let pending = daemon.pending();
+        let named = pending
+            .iter()
+            .find(|r| r["destination"] == destination && !r["host"].is_null());
+        if let Some(request) = named {
+            return request.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no named pending request for {destination}: {pending:#?}\n--- daemon log ---\n{}",
+            daemon.log()
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn allow(daemon: &Daemon, request: &serde_json::Value) {
     let id = request["id"].to_string();
     let output = daemon.run_cli(&["allow", &id]);
@@ -247,7 +268,7 @@ fn tls_to_bare_ip_named_by_sni() {
             "https://tls-only.example/",
         ],
     );
-    let request = pending_for(&daemon, "203.0.113.20:443");
+    let request = named_pending_for(&daemon, "203.0.113.20:443");
     assert_eq!(request["host"], "tls-only.example", "{request:#}");
     assert_eq!(request["name_source"], "tls", "{request:#}");
     allow(&daemon, &request);
@@ -262,7 +283,7 @@ fn tls_to_bare_ip_named_by_sni() {
         .stderr(Stdio::null())
         .spawn()
         .expect("failed to start openssl");
-    let request = pending_for(&daemon, "203.0.113.20:443");
+    let request = named_pending_for(&daemon, "203.0.113.20:443");
     assert_eq!(request["host"], "openssl.example", "{request:#}");
     assert_eq!(request["name_source"], "tls");
     let id = request["id"].to_string();
@@ -282,7 +303,7 @@ fn http_host_names_connection() {
             &format!("http://{SERVER_B_V4}/"),
         ],
     );
-    let request = pending_for(&daemon, "203.0.113.20:80");
+    let request = named_pending_for(&daemon, "203.0.113.20:80");
     assert_eq!(request["host"], "by-header.example", "{request:#}");
     assert_eq!(request["name_source"], "http");
     allow(&daemon, &request);

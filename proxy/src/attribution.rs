@@ -7,7 +7,7 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     sync::Mutex,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use tollgate_classifier::{Classifier, FlowLookup, Owner};
@@ -42,7 +42,21 @@ pub struct KernelAttribution {
     classifier: Classifier,
     user_names: Mutex<HashMap<u32, Option<String>>>,
     hasher: ExecutableHasher,
+    /// Recently completed records, so that a process that opens many connections costs the
+    /// reads from `/proc` once per [`PROCESS_CACHE_TTL`].
+    processes: Mutex<HashMap<ProcessKey, (Instant, ProcessInfo)>>,
 }
+
+/// Identity of a kernel record: a later process with the same pid differs in its start time,
+/// the same process after `execve()` in its executable, and threads in their names.
+type ProcessKey = (u32, Option<Duration>, Option<PathBuf>, String);
+
+/// How long a completed record is reused. A script, command line or parent that changes
+/// within this time shows late.
+const PROCESS_CACHE_TTL: Duration = Duration::from_secs(1);
+
+/// Records kept at most; the cache is emptied when it is reached.
+const PROCESS_CACHE_CAPACITY: usize = 4096;
 
 impl KernelAttribution {
     /// Wraps a loaded and attached classifier.
@@ -51,6 +65,7 @@ impl KernelAttribution {
             classifier,
             user_names: Mutex::new(HashMap::new()),
             hasher: ExecutableHasher::new(),
+            processes: Mutex::new(HashMap::new()),
         }
     }
 
@@ -116,6 +131,37 @@ impl KernelAttribution {
     /// Completes the kernel's record of a process with what `/proc` and the user database
     /// tell about it.
     pub(crate) fn process_info(&self, owner: Owner) -> ProcessInfo {
+        let key = (
+            owner.pid,
+            owner.start_time,
+            owner.exe.clone(),
+            owner.comm.clone(),
+        );
+        let now = Instant::now();
+        if let Some((read, info)) = self.cached_processes().get(&key)
+            && now.duration_since(*read) < PROCESS_CACHE_TTL
+        {
+            return info.clone();
+        }
+        let info = self.read_process_info(owner);
+        let mut cache = self.cached_processes();
+        if cache.len() >= PROCESS_CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(key, (now, info.clone()));
+        info
+    }
+
+    fn cached_processes(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<ProcessKey, (Instant, ProcessInfo)>> {
+        // Every update of the cache completes or makes none, so the poison flag is ignored.
+        self.processes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn read_process_info(&self, owner: Owner) -> ProcessInfo {
         // NOTE: the script and the parent's executable come from /proc, read now, so they are
         // missing when the process (or its parent) has already exited. A process whose pid was
         // reused is detected by its start time and yields nothing.

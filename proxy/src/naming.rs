@@ -57,7 +57,9 @@ pub async fn peek_name(stream: &TcpStream, timeout: Duration) -> Option<Naming> 
 }
 
 async fn peek_loop(stream: &TcpStream) -> Option<Naming> {
-    let mut buffer = vec![0u8; MAX_PEEK];
+    // No buffer until the client sends, so thousands of silent held connections cost nothing.
+    stream.readable().await.ok()?;
+    let mut buffer = vec![0u8; FIRST_PEEK];
     let mut seen = 0;
     loop {
         let length = stream.peek(&mut buffer).await.ok()?;
@@ -69,7 +71,11 @@ async fn peek_loop(stream: &TcpStream) -> Option<Naming> {
             match decide(&buffer[..length]) {
                 Decision::Named(naming) => return Some(naming),
                 Decision::Unnamed => return None,
-                Decision::NeedMore if length == buffer.len() => return None,
+                Decision::NeedMore if length == MAX_PEEK => return None,
+                Decision::NeedMore if length == buffer.len() => {
+                    buffer.resize(MAX_PEEK, 0);
+                    continue;
+                }
                 Decision::NeedMore => {}
             }
         }
@@ -145,6 +151,8 @@ impl AskerLookup for DaemonAskers {
 /// Bytes peeked at most: a ClientHello with post-quantum key shares is about 1.8 KiB, and
 /// a request head rarely exceeds a few KiB.
 const MAX_PEEK: usize = 16 * 1024;
+/// Bytes peeked first; the buffer grows to [`MAX_PEEK`] only for longer first bytes.
+const FIRST_PEEK: usize = 2 * 1024;
 /// Pause between two peeks while the client's first bytes are incomplete.
 const PEEK_POLL: Duration = Duration::from_millis(5);
 

@@ -1017,36 +1017,38 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 /// Returns the verdict for a new connection: from a rule at once, or after holding it as a
-/// pending request until someone decides or the prompt times out. A TCP connection about to be
-/// held without a DNS name is named from its first bytes first, which `stream` gives.
+/// pending request until someone decides or the prompt times out. A TCP connection without a
+/// DNS name is named from its first bytes, which `stream` gives: in audit and enforce mode
+/// before the verdict, and in interactive mode while it is held, so that the pending event
+/// does not wait for a client that sends nothing.
 pub(crate) async fn verdict_for(
     shared: &Shared,
     flow: &mut Flow,
     stream: Option<&TcpStream>,
 ) -> Verdict {
-    if shared.config.mode == Mode::Interactive
-        && let Some(verdict) = rule_verdict(shared, flow)
-    {
-        return verdict;
-    }
-    if flow.naming.host.is_none()
-        && let Some(stream) = stream
-        && let Some(naming) = naming::peek_name(stream, shared.config.dns.peek_timeout()).await
-    {
-        debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
-        flow.naming = naming;
-    }
+    let peek_timeout = shared.config.dns.peek_timeout();
     match shared.config.mode {
-        Mode::Interactive => {}
-        Mode::Audit => return audit_verdict(shared, flow),
-        Mode::Enforce => return enforce_verdict(shared, flow),
-    }
-    let (pending_id, mut receiver) = {
-        let mut state = shared.lock();
-        // A rule may have been added while the first bytes were awaited.
-        if let Some(verdict) = rule_verdict_locked(&mut state, flow, shared.fast_path.as_ref()) {
-            return verdict;
+        Mode::Interactive => {
+            if let Some(verdict) = rule_verdict(shared, flow) {
+                return verdict;
+            }
         }
+        Mode::Audit | Mode::Enforce => {
+            if flow.naming.host.is_none()
+                && let Some(stream) = stream
+                && let Some(naming) = naming::peek_name(stream, peek_timeout).await
+            {
+                debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
+                flow.naming = naming;
+            }
+            if shared.config.mode == Mode::Audit {
+                return audit_verdict(shared, flow);
+            }
+            return enforce_verdict(shared, flow);
+        }
+    }
+    let (mut pending_id, mut receiver) = {
+        let mut state = shared.lock();
         if state.pending.held_connections() >= shared.config.max_held_connections {
             shared.report_limit();
             return Verdict {
@@ -1054,42 +1056,79 @@ pub(crate) async fn verdict_for(
                 by: DecidedBy::Limit,
             };
         }
-        let (sender, receiver) = oneshot::channel();
-        let hold = NewHold {
-            connection: flow.connection,
-            process: flow.process.clone(),
-            source: flow.source,
-            destination: flow.destination,
-            host: flow.naming.host.clone(),
-            name_source: flow.naming.source,
-            protocol: flow.protocol,
-            started: SystemTime::now(),
-        };
-        let (pending_id, _) = state.pending.hold(hold, sender);
-        (pending_id, receiver)
+        hold(&mut state, flow)
     };
     debug!(pending = pending_id, "connection held");
     shared.emit(flow, EventKind::Held { pending_id });
 
-    let timeout = shared.config.prompt_timeout();
     let timed_out = Verdict {
         action: shared.config.default_action,
         by: DecidedBy::Timeout,
     };
-    tokio::select! {
-        verdict = &mut receiver => verdict.unwrap_or(timed_out),
-        () = tokio::time::sleep(timeout) => {
-            let released = shared.lock().pending.release(pending_id, flow.connection);
-            match released {
-                Some(_) => {
-                    info!(pending = pending_id, action = %timed_out.action, "prompt timed out");
-                    timed_out
+    let deadline = tokio::time::sleep(shared.config.prompt_timeout());
+    tokio::pin!(deadline);
+    let mut peek = match stream {
+        Some(stream) if flow.naming.host.is_none() => {
+            Some(Box::pin(naming::peek_name(stream, peek_timeout)))
+        }
+        _ => None,
+    };
+    loop {
+        tokio::select! {
+            verdict = &mut receiver => return verdict.unwrap_or(timed_out),
+            () = &mut deadline => {
+                let released = shared.lock().pending.release(pending_id, flow.connection);
+                return match released {
+                    Some(_) => {
+                        info!(pending = pending_id, action = %timed_out.action, "prompt timed out");
+                        timed_out
+                    }
+                    // A verdict took the connection after the timer fired; it is in the channel.
+                    None => receiver.await.unwrap_or(timed_out),
+                };
+            }
+            named = async { peek.as_mut().expect("branch enabled only with a peek").await },
+                if peek.is_some() =>
+            {
+                peek = None;
+                let Some(naming) = named else { continue };
+                debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
+                flow.naming = naming;
+                let mut state = shared.lock();
+                // A verdict may have taken the connection meanwhile; it is in the channel.
+                if state.pending.release(pending_id, flow.connection).is_none() {
+                    continue;
                 }
-                // A verdict took the connection after the timer fired; it is in the channel.
-                None => receiver.await.unwrap_or(timed_out),
+                // A rule on the name decides at once; otherwise the connection is asked
+                // about under its name.
+                if let Some(verdict) = rule_verdict_locked(&mut state, flow, shared.fast_path.as_ref()) {
+                    return verdict;
+                }
+                (pending_id, receiver) = hold(&mut state, flow);
+                drop(state);
+                debug!(pending = pending_id, "connection held under its name");
+                shared.emit(flow, EventKind::Held { pending_id });
             }
         }
     }
+}
+
+/// Holds `flow` under the pending request of identical connections and returns the request
+/// id and the channel its verdict arrives on.
+fn hold(state: &mut State, flow: &Flow) -> (u64, oneshot::Receiver<Verdict>) {
+    let (sender, receiver) = oneshot::channel();
+    let hold = NewHold {
+        connection: flow.connection,
+        process: flow.process.clone(),
+        source: flow.source,
+        destination: flow.destination,
+        host: flow.naming.host.clone(),
+        name_source: flow.naming.source,
+        protocol: flow.protocol,
+        started: SystemTime::now(),
+    };
+    let (pending_id, _) = state.pending.hold(hold, sender);
+    (pending_id, receiver)
 }
 
 /// Returns the verdict of the rule that decides `flow`, if any, counting its hit.
