@@ -6,7 +6,7 @@ use std::{
     fs,
     net::SocketAddr,
     path::{Path, PathBuf},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
 
@@ -24,7 +24,7 @@ pub trait OwnerLookup: Send + Sync {
         protocol: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
-    ) -> Option<ProcessInfo>;
+    ) -> Option<Arc<ProcessInfo>>;
 }
 
 /// An owner lookup that returns no process, used when kernel attribution is not available.
@@ -32,7 +32,7 @@ pub trait OwnerLookup: Send + Sync {
 pub struct NoAttribution;
 
 impl OwnerLookup for NoAttribution {
-    fn lookup(&self, _: Protocol, _: SocketAddr, _: SocketAddr) -> Option<ProcessInfo> {
+    fn lookup(&self, _: Protocol, _: SocketAddr, _: SocketAddr) -> Option<Arc<ProcessInfo>> {
         None
     }
 }
@@ -44,7 +44,7 @@ pub struct KernelAttribution {
     hasher: ExecutableHasher,
     /// Recently completed records, so that a process that opens many connections costs the
     /// reads from `/proc` once per [`PROCESS_CACHE_TTL`].
-    processes: Mutex<HashMap<ProcessKey, (Instant, ProcessInfo)>>,
+    processes: Mutex<HashMap<ProcessKey, (Instant, Arc<ProcessInfo>)>>,
 }
 
 /// Identity of a kernel record: a later process with the same pid differs in its start time,
@@ -110,7 +110,7 @@ impl OwnerLookup for KernelAttribution {
         protocol: Protocol,
         source: SocketAddr,
         destination: SocketAddr,
-    ) -> Option<ProcessInfo> {
+    ) -> Option<Arc<ProcessInfo>> {
         let flow = FlowLookup {
             // The daemon's listeners live in its own network namespace, which is the calling
             // thread's.
@@ -130,7 +130,7 @@ impl OwnerLookup for KernelAttribution {
 impl KernelAttribution {
     /// Completes the kernel's record of a process with what `/proc` and the user database
     /// tell about it.
-    pub(crate) fn process_info(&self, owner: Owner) -> ProcessInfo {
+    pub(crate) fn process_info(&self, owner: Owner) -> Arc<ProcessInfo> {
         let key = (
             owner.pid,
             owner.start_time,
@@ -141,20 +141,20 @@ impl KernelAttribution {
         if let Some((read, info)) = self.cached_processes().get(&key)
             && now.duration_since(*read) < PROCESS_CACHE_TTL
         {
-            return info.clone();
+            return Arc::clone(info);
         }
-        let info = self.read_process_info(owner);
+        let info = Arc::new(self.read_process_info(owner));
         let mut cache = self.cached_processes();
         if cache.len() >= PROCESS_CACHE_CAPACITY {
             cache.clear();
         }
-        cache.insert(key, (now, info.clone()));
+        cache.insert(key, (now, Arc::clone(&info)));
         info
     }
 
     fn cached_processes(
         &self,
-    ) -> std::sync::MutexGuard<'_, HashMap<ProcessKey, (Instant, ProcessInfo)>> {
+    ) -> std::sync::MutexGuard<'_, HashMap<ProcessKey, (Instant, Arc<ProcessInfo>)>> {
         // Every update of the cache completes or makes none, so the poison flag is ignored.
         self.processes
             .lock()

@@ -5,6 +5,7 @@ use std::{
     collections::{BTreeMap, HashMap},
     net::SocketAddr,
     path::PathBuf,
+    sync::Arc,
     time::SystemTime,
 };
 
@@ -85,7 +86,7 @@ pub struct NewHold {
     /// Connection identifier.
     pub connection: u64,
     /// The process, when known.
-    pub process: Option<ProcessInfo>,
+    pub process: Option<Arc<ProcessInfo>>,
     /// Client address.
     pub source: SocketAddr,
     /// Original destination.
@@ -137,7 +138,7 @@ impl PendingTable {
         let id = self.next_id;
         let info = PendingInfo {
             id,
-            process: hold.process,
+            process: hold.process.as_deref().cloned(),
             source: hold.source,
             destination: hold.destination,
             host: hold.host,
@@ -267,20 +268,22 @@ mod tests {
     fn new_hold(connection: u64, pid: Option<u32>, port: u16) -> NewHold {
         NewHold {
             connection,
-            process: pid.map(|pid| ProcessInfo {
-                gid: 0,
-                user: None,
-                ppid: None,
-                parent_executable: None,
-                script: None,
-                cgroup_id: 0,
-                sha256: None,
-                command_line: None,
-                pid,
-                uid: 0,
-                comm: "curl".into(),
-                executable: Some("/usr/bin/curl".into()),
-                start_time: None,
+            process: pid.map(|pid| {
+                Arc::new(ProcessInfo {
+                    gid: 0,
+                    user: None,
+                    ppid: None,
+                    parent_executable: None,
+                    script: None,
+                    cgroup_id: 0,
+                    sha256: None,
+                    command_line: None,
+                    pid,
+                    uid: 0,
+                    comm: "curl".into(),
+                    executable: Some("/usr/bin/curl".into()),
+                    start_time: None,
+                })
             }),
             source: "10.0.0.2:40000".parse().unwrap(),
             destination: SocketAddr::new("203.0.113.10".parse().unwrap(), port),

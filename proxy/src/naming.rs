@@ -144,7 +144,7 @@ impl AskerLookup for DaemonAskers {
             Transport::Tcp => Protocol::Tcp,
         };
         let process = self.owners.lookup(protocol, client, server);
-        asker_for(process.as_ref(), client)
+        asker_for(process.as_deref(), client)
     }
 }
 

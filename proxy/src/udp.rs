@@ -107,7 +107,7 @@ pub async fn serve(shared: Arc<Shared>, listener: UdpSocket) {
         }
         if let Dispatch::NewFlow(payload) = outcome {
             let process = shared.owners.lookup(Protocol::Udp, key.0, key.1);
-            let naming = shared.name_for(process.as_ref(), key.0, key.1);
+            let naming = shared.name_for(process.as_deref(), key.0, key.1);
             let flow = Flow {
                 connection: shared.next_connection(),
                 process,

@@ -827,7 +827,7 @@ impl Shared {
         if let Some(flow_log) = &self.decisions.flow_log {
             let identity = FlowIdentity {
                 connection: flow.connection,
-                process: flow.process.as_ref(),
+                process: flow.process.as_deref(),
                 source: flow.source,
                 destination: flow.destination,
                 protocol: flow.protocol,
@@ -839,7 +839,7 @@ impl Shared {
         let event = Event {
             time_unix_ms,
             connection: flow.connection,
-            process: flow.process.clone(),
+            process: flow.process.as_deref().cloned(),
             source: flow.source,
             destination: flow.destination,
             host: flow.naming.host.clone(),
@@ -963,7 +963,7 @@ fn kernel_allows(rules: &RuleSet) -> Vec<KernelAllow> {
 /// The identity of one diverted connection or UDP flow.
 pub(crate) struct Flow {
     pub(crate) connection: u64,
-    pub(crate) process: Option<ProcessInfo>,
+    pub(crate) process: Option<Arc<ProcessInfo>>,
     pub(crate) source: SocketAddr,
     pub(crate) destination: SocketAddr,
     pub(crate) protocol: Protocol,
@@ -980,7 +980,7 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
         }
     };
     let process = shared.owners.lookup(Protocol::Tcp, source, destination);
-    let naming = shared.name_for(process.as_ref(), source, destination);
+    let naming = shared.name_for(process.as_deref(), source, destination);
     let mut flow = Flow {
         connection: shared.next_connection(),
         process,
@@ -1143,7 +1143,7 @@ fn rule_verdict_locked(
     flow: &Flow,
     fast_path: Option<&FastPath>,
 ) -> Option<Verdict> {
-    let mut facts = connection_facts(flow.process.as_ref(), flow.destination, flow.protocol);
+    let mut facts = connection_facts(flow.process.as_deref(), flow.destination, flow.protocol);
     facts.hosts = flow.naming.chain.clone();
     let now = clock::now();
     let (id, action) = state.book.decide(&facts, &now)?;
