@@ -77,8 +77,8 @@ fn pending_for(daemon: &Daemon, destination: &str) -> serde_json::Value {
     }
 }
 
-/// Waits for a pending request for `destination` named from its first bytes. The daemon holds
-/// a connection without a DNS name at once and names it when the client's first bytes arrive.
+/// Waits for a pending request for `destination` named from its first bytes. The daemon keeps
+/// a connection without a DNS name pending at once and names it when its first bytes arrive.
 fn named_pending_for(daemon: &Daemon, destination: &str) -> serde_json::Value {
     let deadline = Instant::now() + WAIT;
     loop {
@@ -609,4 +609,71 @@ fn local_stub_queries_reach_resolver() {
             text(&direct.stderr)
         );
     }
+}
+
+#[test]
+fn host_rule_beats_network_rule_for_first_bytes() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    let deny = daemon.run_cli(&["rules", "add", "--action", "deny", "--to", "203.0.113.0/24"]);
+    assert!(deny.status.success(), "{}", text(&deny.stderr));
+    let allow = daemon.run_cli(&[
+        "rules",
+        "add",
+        "--action",
+        "allow",
+        "--to",
+        "by-header.example",
+    ]);
+    assert!(allow.status.success(), "{}", text(&allow.stderr));
+
+    // The name comes from the Host header only; the more specific host rule must still win.
+    let output = spawn_curl(
+        &lab,
+        &[
+            "-H",
+            "Host: by-header.example",
+            &format!("http://{SERVER_B_V4}/"),
+        ],
+    )
+    .wait_with_output()
+    .unwrap();
+
+    assert!(output.status.success(), "{}", text(&output.stderr));
+}
+
+#[test]
+fn answer_reaches_request_named_meanwhile() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab, "");
+    // Connects, waits for a line on stdin, then sends an HTTP request head and prints the
+    // echo server's reply.
+    let script = "import socket, sys\n\
+                  s = socket.create_connection((sys.argv[1], 7), timeout=30)\n\
+                  sys.stdin.readline()\n\
+                  s.sendall(b'GET / HTTP/1.1\\r\\nHost: late.example\\r\\n\\r\\n')\n\
+                  print(s.recv(100).decode().split()[0])\n";
+    let mut client = lab
+        .desk_command("python3")
+        .args(["-c", script, &SERVER_B_V4.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("failed to start python3");
+    let unnamed = pending_for(&daemon, "203.0.113.20:7");
+    assert!(unnamed["host"].is_null(), "{unnamed:#}");
+
+    // The first bytes name the connection, which moves to a new request.
+    let mut stdin = client.stdin.take().unwrap();
+    std::io::Write::write_all(&mut stdin, b"go\n").unwrap();
+    let named = named_pending_for(&daemon, "203.0.113.20:7");
+    assert_eq!(named["host"], "late.example", "{named:#}");
+    assert_ne!(named["id"], unnamed["id"]);
+
+    // An answer to the id the person saw first still reaches the connection.
+    allow(&daemon, &unnamed);
+    let output = client.wait_with_output().unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout).trim(), "GET");
 }

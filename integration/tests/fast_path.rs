@@ -14,7 +14,7 @@ use serde_json::Value;
 use tollgate_integration::{
     Lab,
     daemon::Daemon,
-    topology::{BULK_PORT, ECHO_PORT, HTTP_PORT, SERVER_A_V4, SERVER_A_V6, UDP_ECHO_PORT},
+    topology::{BULK_PORT, DNS_V4, ECHO_PORT, HTTP_PORT, SERVER_A_V4, SERVER_A_V6, UDP_ECHO_PORT},
     watch::{ReceivedEvent, Watcher},
 };
 
@@ -534,4 +534,44 @@ fn disabled_interception_stops_kernel_denials() {
     assert!(enabled.status.success(), "{}", text(&enabled.stderr));
     let output = run_python(&daemon, &lab, CONNECT_ONCE, &["203.0.113.10", "7"]);
     assert_eq!(text(&output.stdout).trim(), "EPERM");
+}
+
+/// Returns the number of names in the resolver's name map, from `tollgate status`.
+fn names_held(daemon: &Daemon) -> u64 {
+    let output = daemon.run_cli(&["status"]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    let status = text(&output.stdout);
+    let line = status
+        .lines()
+        .find(|line| line.contains("DNS names:"))
+        .unwrap_or_else(|| panic!("no DNS line in status: {status}"));
+    line.split_whitespace()
+        .find_map(|word| word.parse().ok())
+        .unwrap_or_else(|| panic!("no count in {line:?}"))
+}
+
+#[test]
+fn dns_rule_keeps_queries_with_resolver() {
+    let (lab, daemon) = start();
+    // A rule on the DNS server's port 53 must not let queries skip the local resolver.
+    add_rule(
+        &daemon,
+        "allow",
+        &["--to", &DNS_V4.to_string(), "--port", "53"],
+    );
+    let before = names_held(&daemon);
+
+    let output = daemon
+        .desk_client(&lab, "dig")
+        .args(["+time=5", "+tries=1", "+short", "shop.lab.test"])
+        .output()
+        .expect("failed to run dig");
+
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert_eq!(text(&output.stdout).trim(), "203.0.113.10");
+    assert!(
+        names_held(&daemon) > before,
+        "the resolver did not record the answer\n--- daemon log ---\n{}",
+        daemon.log()
+    );
 }

@@ -45,6 +45,10 @@ use crate::{
     protocol::{DecidedBy, EventKind},
 };
 
+/// The DNS port. Queries to it are diverted to the local resolver, which must see every one,
+/// so the kernel never decides flows to it.
+const DNS_PORT: u16 = 53;
+
 /// Verdicts written for the exact rules at a rule change, at most. Rules beyond it are
 /// learned from their first flow instead.
 const PREFILL_LIMIT: usize = 4096;
@@ -221,7 +225,7 @@ fn kernel_verdict(
     protocol: Protocol,
     now: &Clock,
 ) -> Option<KernelVerdict> {
-    if !kernel_decidable(rules, executable) {
+    if destination.port() == DNS_PORT || !kernel_decidable(rules, executable) {
         return None;
     }
     let mut facts = ConnectionFacts::to(destination.ip(), destination.port(), protocol);
@@ -693,6 +697,15 @@ mod tests {
         ]);
 
         assert!(plan(&rules, &["10.77.0.2".parse().unwrap()]).is_empty());
+    }
+
+    #[test]
+    fn dns_port_plans_nothing() {
+        let mut dns = rule(1, None, "203.0.113.53", Some(53), Action::Allow);
+        dns.destination.protocol = ProtocolMatch::Any;
+        let rules = RuleSet::from_rules(vec![dns]);
+
+        assert!(plan(&rules, &[]).is_empty());
     }
 
     #[test]

@@ -78,6 +78,9 @@ pub struct PendingTable {
     index: HashMap<GroupKey, u64>,
     /// Connections held across all groups, kept so the limit check needs no sum.
     held: usize,
+    /// Requests whose last connection moved to another request when it was named, with the
+    /// request it moved to, so that a decision on the old id still reaches it.
+    moved: HashMap<u64, u64>,
 }
 
 /// A connection to hold, as [`PendingTable::hold`] takes it.
@@ -197,6 +200,32 @@ impl PendingTable {
             self.take(id);
         }
         Some(held)
+    }
+
+    /// Records that the connections of request `from` moved to request `to`, when `from` no
+    /// longer exists.
+    pub fn forward(&mut self, from: u64, to: u64) {
+        if from == to || self.groups.contains_key(&from) {
+            return;
+        }
+        // Forwards to requests that ended are of no use any more.
+        let groups = &self.groups;
+        self.moved.retain(|_, target| groups.contains_key(target));
+        self.moved.insert(from, to);
+    }
+
+    /// Returns the id that request `id` is known by now: itself, or the request its
+    /// connections moved to.
+    pub fn current_id(&self, id: u64) -> u64 {
+        let mut current = id;
+        // Each move goes to a newer request, so the chain ends; the bound is a safeguard.
+        for _ in 0..8 {
+            match self.moved.get(&current) {
+                Some(next) if !self.groups.contains_key(&current) => current = *next,
+                _ => break,
+            }
+        }
+        current
     }
 
     /// Returns the pending requests, oldest first.

@@ -88,7 +88,6 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     info!(mode = %config.mode, "deciding flows");
 
     let allowed_uids = control::allowed_uids(config.desktop_user.as_deref())?;
-    let control = ControlListener::bind(&config.control_socket, allowed_uids)?;
     let listeners = bind_listeners(&config)?;
     let udp_listeners = udp::bind_listeners(&config)?;
     let attribution = load_attribution(&config);
@@ -114,6 +113,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> anyhow::
     } else {
         warn!("interception disabled in config; only connections sent to the listeners are seen");
         None
+    };
+    // The control socket appears last, so a client that reaches it finds traffic intercepted.
+    let control = match ControlListener::bind(&config.control_socket, allowed_uids) {
+        Ok(control) => control,
+        Err(err) => {
+            if let Some(interception) = interception
+                && let Err(remove_err) = interception.remove().await
+            {
+                error!(error = %error_chain(&remove_err), "failed to remove interception");
+            }
+            return Err(err);
+        }
     };
 
     let (fast_path, flow_events) =
@@ -408,7 +419,7 @@ type FastPathParts = (
     Option<(tollgate_classifier::FlowEvents, Arc<KernelAttribution>)>,
 );
 
-/// Starts the fast path when the config asks for it, the mode is interactive, the table is
+/// Starts the fast path when the config enables it, the mode is interactive, the table is
 /// installed and the BPF programs loaded. Without it every flow goes through the proxy.
 fn start_fast_path(
     config: &Config,
@@ -610,6 +621,9 @@ pub struct Shared {
     connections: Mutex<ConnectionTable>,
     /// The kernel's verdicts, when the fast path runs.
     pub(crate) fast_path: Option<FastPath>,
+    /// Whether an enabled rule matches host names, so that a connection without a DNS name is
+    /// named from its first bytes before the rules decide it.
+    name_rules: std::sync::atomic::AtomicBool,
 }
 
 /// Policy and flow log of audit and enforce mode.
@@ -641,6 +655,7 @@ impl Shared {
         fast_path: Option<FastPath>,
     ) -> Self {
         let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let name_rules = has_name_rules(book.rules());
         Self {
             config,
             state: Mutex::new(State {
@@ -659,12 +674,15 @@ impl Shared {
             decisions,
             connections: Mutex::new(ConnectionTable::new()),
             fast_path,
+            name_rules: std::sync::atomic::AtomicBool::new(name_rules),
         }
     }
 
     /// Hands the rules to the kernel after a change. Call it with the state's lock held, so
     /// that no flow decided under the old rules adds a verdict afterwards.
     fn rules_changed(&self, state: &State) {
+        let name_rules = has_name_rules(state.book.rules());
+        self.name_rules.store(name_rules, Ordering::Relaxed);
         if let Some(fast_path) = &self.fast_path {
             fast_path.sync(state.book.rules());
         }
@@ -701,7 +719,7 @@ impl Shared {
                 }
             }),
             mode: self.config.mode,
-            fast_path: self.fast_path.is_some(),
+            fast_path: self.fast_path.is_some() && intercepting,
         }
     }
 
@@ -1017,10 +1035,12 @@ async fn handle_connection(shared: Arc<Shared>, stream: TcpStream) {
 }
 
 /// Returns the verdict for a new connection: from a rule at once, or after holding it as a
-/// pending request until someone decides or the prompt times out. A TCP connection without a
-/// DNS name is named from its first bytes, which `stream` gives: in audit and enforce mode
-/// before the verdict, and in interactive mode while it is held, so that the pending event
-/// does not wait for a client that sends nothing.
+/// pending request until someone decides or the prompt times out.
+///
+/// A TCP connection without a DNS name is named from its first bytes, which `stream` gives.
+/// Audit and enforce mode, and rules on host names, need the name before the verdict.
+/// Otherwise the connection is named while it is held, so that a silent client's pending
+/// event does not wait.
 pub(crate) async fn verdict_for(
     shared: &Shared,
     flow: &mut Flow,
@@ -1029,6 +1049,16 @@ pub(crate) async fn verdict_for(
     let peek_timeout = shared.config.dns.peek_timeout();
     match shared.config.mode {
         Mode::Interactive => {
+            // A rule on a host name must see the name from the first bytes before a broader
+            // rule on the address decides.
+            if flow.naming.host.is_none()
+                && shared.name_rules.load(Ordering::Relaxed)
+                && let Some(stream) = stream
+                && let Some(naming) = naming::peek_name(stream, peek_timeout).await
+            {
+                debug!(host = ?naming.host, source = %naming.source, "named from first bytes");
+                flow.naming = naming;
+            }
             if let Some(verdict) = rule_verdict(shared, flow) {
                 return verdict;
             }
@@ -1067,8 +1097,9 @@ pub(crate) async fn verdict_for(
     };
     let deadline = tokio::time::sleep(shared.config.prompt_timeout());
     tokio::pin!(deadline);
+    let peek_now = !shared.name_rules.load(Ordering::Relaxed);
     let mut peek = match stream {
-        Some(stream) if flow.naming.host.is_none() => {
+        Some(stream) if flow.naming.host.is_none() && peek_now => {
             Some(Box::pin(naming::peek_name(stream, peek_timeout)))
         }
         _ => None,
@@ -1104,13 +1135,26 @@ pub(crate) async fn verdict_for(
                 if let Some(verdict) = rule_verdict_locked(&mut state, flow, shared.fast_path.as_ref()) {
                     return verdict;
                 }
+                let moved_from = pending_id;
                 (pending_id, receiver) = hold(&mut state, flow);
+                state.pending.forward(moved_from, pending_id);
                 drop(state);
                 debug!(pending = pending_id, "connection held under its name");
                 shared.emit(flow, EventKind::Held { pending_id });
             }
         }
     }
+}
+
+/// Returns whether an enabled rule matches host names or domains.
+fn has_name_rules(rules: &RuleSet) -> bool {
+    rules.iter().any(|rule| {
+        rule.enabled
+            && matches!(
+                rule.destination.address,
+                AddressMatch::Host(_) | AddressMatch::Domain(_)
+            )
+    })
 }
 
 /// Holds `flow` under the pending request of identical connections and returns the request

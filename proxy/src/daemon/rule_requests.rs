@@ -43,6 +43,8 @@ impl Shared {
         coverage: (Scope, PortScope),
     ) -> Result<Response, RequestError> {
         let mut state = self.lock();
+        // The request may have moved to a new id when its connection was named meanwhile.
+        let id = state.pending.current_id(id);
         let Some(info) = state.pending.list().into_iter().find(|info| info.id == id) else {
             return Err(not_found(format!(
                 "no pending request with id {id}; list them with `tollgate pending`"
@@ -375,7 +377,8 @@ fn covered_destination(
         (Scope::Domain, Some(host)) => AddressMatch::Domain(registrable_domain(&host)),
         (Scope::Domain, None) => {
             return Err(invalid(format!(
-                "pending request {} has no known host name, so a decision cannot cover its                  domain; choose scope host or any_host",
+                "pending request {} has no known host name, so a decision cannot cover its domain; \
+                 choose scope host or any_host",
                 info.id
             )));
         }
