@@ -151,6 +151,13 @@ fn run_python(daemon: &Daemon, lab: &Lab, script: &str, args: &[&str]) -> Output
     output
 }
 
+/// Returns the path of the python3 executable, as the kernel records it.
+fn python_executable(daemon: &Daemon, lab: &Lab) -> String {
+    let script = "import os, sys; print(os.path.realpath(sys.executable))";
+    let output = run_python(daemon, lab, script, &[]);
+    text(&output.stdout).trim().to_owned()
+}
+
 fn watch(daemon: &Daemon) -> Watcher {
     Watcher::connect(&daemon.socket_path()).expect("failed to watch events")
 }
@@ -438,13 +445,7 @@ fn restarted_daemon_decides_in_kernel_again() {
 #[test]
 fn program_rule_decides_only_its_program() {
     let (lab, daemon) = start();
-    let python_path = run_python(
-        &daemon,
-        &lab,
-        "import os, sys; print(os.path.realpath(sys.executable))",
-        &[],
-    );
-    let python_path = text(&python_path.stdout).trim().to_owned();
+    let python_path = python_executable(&daemon, &lab);
     let deny = add_rule(
         &daemon,
         "deny",
@@ -486,13 +487,7 @@ fn program_rule_decides_only_its_program() {
 #[test]
 fn name_rule_keeps_program_in_proxy() {
     let (lab, daemon) = start();
-    let python_path = run_python(
-        &daemon,
-        &lab,
-        "import os, sys; print(os.path.realpath(sys.executable))",
-        &[],
-    );
-    let python_path = text(&python_path.stdout).trim().to_owned();
+    let python_path = python_executable(&daemon, &lab);
     add_rule(&daemon, "allow", &["--to", "203.0.113.10", "--port", "7"]);
     // The kernel does not know the names a connection carries, so python's flows, which this
     // rule may match, stay with the proxy.
