@@ -8,7 +8,8 @@ use super::Shared;
 use crate::{clock, process::is_running};
 
 /// How often ended rules are looked for. A rule that lasts until a process exits can outlive
-/// the process by this much; timed rules stop matching on time regardless.
+/// the process by this much. Timed rules stop matching in the daemon on time regardless, and
+/// their kernel verdicts go with the sweep that removes them.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(500);
 
 /// How often changed hit counts are written to the rule store.
