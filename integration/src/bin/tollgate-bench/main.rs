@@ -11,7 +11,12 @@
 mod figures;
 mod measure;
 
-use std::{path::PathBuf, process::ExitCode, time::SystemTime};
+use std::{
+    path::PathBuf,
+    process::ExitCode,
+    sync::atomic::{AtomicBool, Ordering},
+    time::SystemTime,
+};
 
 use anyhow::{Context as _, bail};
 use clap::Parser;
@@ -69,8 +74,39 @@ struct Args {
     no_write: bool,
 }
 
+/// Set by SIGINT or SIGTERM; the rounds stop at the next measurement and the lab is removed.
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn note_interrupt(_: libc::c_int) {
+    // Only an atomic store: a signal handler may do nothing that can block or allocate.
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT and SIGTERM stop the rounds instead of the process, so that the lab's guards
+/// remove its namespaces and processes. Child processes get the default action again at
+/// `exec`.
+fn stop_on_signals() -> anyhow::Result<()> {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+
+    let action = SigAction::new(
+        SigHandler::Handler(note_interrupt),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { sigaction(signal, &action) }
+            .with_context(|| format!("failed to handle {signal}"))?;
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
+    if let Err(err) = stop_on_signals() {
+        eprintln!("tollgate-bench: error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -103,6 +139,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
             [Mode::On, Mode::Off]
         };
         for mode in order {
+            if INTERRUPTED.load(Ordering::SeqCst) {
+                bail!("interrupted; the lab is removed and no results are written");
+            }
             eprintln!(
                 "tollgate-bench: round {}/{}, {mode}",
                 round + 1,
