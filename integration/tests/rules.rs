@@ -816,3 +816,35 @@ fn large_import_is_applied_whole() {
 
     assert_eq!(rules_json(&daemon).len(), COUNT);
 }
+
+#[test]
+fn linked_executable_path_is_resolved() {
+    let lab = start_lab();
+    let daemon = start_daemon(&lab);
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("real-program");
+    std::fs::write(&real, b"#!/bin/sh\n").unwrap();
+    let link = dir.path().join("linked-program");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+
+    // The kernel reports the resolved path, so a rule on the link would never match.
+    let output = daemon.run_cli(&[
+        "rules",
+        "add",
+        "--action",
+        "allow",
+        "--exe",
+        link.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(
+        text(&output.stderr).contains("resolves to"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let listed = run_ok(&daemon, &["rules", "list", "--json"]);
+    let real = std::fs::canonicalize(&real).unwrap();
+    assert!(listed.contains(real.to_str().unwrap()), "{listed}");
+    assert!(!listed.contains("linked-program"), "{listed}");
+}

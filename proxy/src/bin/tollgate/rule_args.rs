@@ -48,7 +48,7 @@ impl ConditionArgs {
             &mut subject.executable,
             self.exe.as_deref(),
             "--exe",
-            |text| text.parse::<ExecutableMatch>(),
+            resolved_executable,
         )?;
         set(
             &mut subject.sha256,
@@ -59,9 +59,12 @@ impl ConditionArgs {
         set(&mut subject.user, self.user.as_deref(), "--user", |text| {
             text.parse::<UserMatch>()
         })?;
-        set(&mut subject.parent, self.via.as_deref(), "--via", |text| {
-            text.parse::<ExecutableMatch>()
-        })?;
+        set(
+            &mut subject.parent,
+            self.via.as_deref(),
+            "--via",
+            resolved_executable,
+        )?;
         if self.script.is_some() {
             set(
                 &mut subject.command,
@@ -93,6 +96,27 @@ impl ConditionArgs {
             destination.protocol = text.parse().context("invalid --protocol")?;
         }
         Ok(destination)
+    }
+}
+
+/// Parses an executable condition. A path that reaches its file through a symbolic link, such
+/// as `/bin/curl` where `/bin` links to `usr/bin`, becomes the resolved path, because the
+/// kernel reports executables by their resolved paths and the given one would never match.
+fn resolved_executable(text: &str) -> Result<ExecutableMatch, tollgate_rules::ParseError> {
+    let parsed = text.parse::<ExecutableMatch>()?;
+    let ExecutableMatch::Path(path) = &parsed else {
+        return Ok(parsed);
+    };
+    match std::fs::canonicalize(path) {
+        Ok(resolved) if resolved != *path => {
+            eprintln!(
+                "note: {} resolves to {}, the path the kernel reports; the rule uses that path",
+                path.display(),
+                resolved.display()
+            );
+            Ok(ExecutableMatch::Path(resolved))
+        }
+        _ => Ok(parsed),
     }
 }
 
