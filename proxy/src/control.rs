@@ -213,7 +213,18 @@ pub fn parse_request(line: &str) -> Result<RequestEnvelope, RequestError> {
         return Err((ErrorCode::Malformed, "request is not a JSON object".into()));
     };
     let version = match fields.remove("version") {
-        Some(version) => version.as_u64(),
+        Some(version) => match version.as_u64() {
+            Some(number) => Some(number),
+            None => {
+                return Err((
+                    ErrorCode::Malformed,
+                    format!(
+                        "the \"version\" field must be the integer {PROTOCOL_VERSION}, \
+                         got {version}"
+                    ),
+                ));
+            }
+        },
         None => None,
     };
     match version {
@@ -344,6 +355,14 @@ mod tests {
                 port: crate::protocol::PortScope::Any,
             }
         );
+    }
+
+    #[test]
+    fn rejects_version_that_is_not_an_integer() {
+        let (code, message) = parse_request(r#"{"version":1.0,"type":"status"}"#).unwrap_err();
+        assert_eq!(code, ErrorCode::Malformed);
+        assert!(message.contains("must be the integer 1"), "{message}");
+        assert!(message.contains("got 1.0"), "{message}");
     }
 
     #[test]

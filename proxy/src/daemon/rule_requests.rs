@@ -332,6 +332,10 @@ fn running_process(pid: u32) -> Result<ProcessStart, RequestError> {
     process_start(pid).map_err(|err| invalid(format!("no running process with pid {pid}: {err}")))
 }
 
+/// Longest duration a rule may have: 100 years. Longer ones are surely mistakes, and their
+/// deadlines would overflow the boot clock's milliseconds.
+const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
+
 /// Ties a requested lifetime to the clocks and the process.
 fn resolve(
     spec: LifetimeSpec,
@@ -348,6 +352,12 @@ fn resolve(
             return Err(invalid(
                 "a rule's duration must be at least 1 second".into(),
             ));
+        }
+        LifetimeSpec::For { secs } if secs > MAX_DURATION_SECS => {
+            return Err(invalid(format!(
+                "a rule's duration of {secs} seconds is longer than 100 years; \
+                 use lifetime forever"
+            )));
         }
         LifetimeSpec::Until { unix_ms } if unix_ms <= now.unix_ms => {
             return Err(invalid(format!(
@@ -463,6 +473,20 @@ mod tests {
 
     fn registrable(host: &str) -> String {
         registrable_domain(&host.parse().unwrap()).to_string()
+    }
+
+    #[test]
+    fn resolve_rejects_century_long_duration() {
+        let now = Clock {
+            unix_ms: 1_800_000_000_000,
+            boottime_ms: 1_000,
+        };
+        let (code, message) = resolve(LifetimeSpec::For { secs: u64::MAX }, &now, None)
+            .expect_err("a duration of u64::MAX seconds is rejected");
+        assert_eq!(code, ErrorCode::Invalid);
+        assert!(message.contains("longer than 100 years"), "{message}");
+        let hour = resolve(LifetimeSpec::For { secs: 3600 }, &now, None);
+        assert!(hour.is_ok(), "{hour:?}");
     }
 
     #[test]
