@@ -332,7 +332,7 @@ fn running_process(pid: u32) -> Result<ProcessStart, RequestError> {
     process_start(pid).map_err(|err| invalid(format!("no running process with pid {pid}: {err}")))
 }
 
-/// Longest duration a rule may have: 100 years. Longer ones are surely mistakes, and their
+/// Maximum duration of a rule: 100 years. Longer ones are almost always mistakes, and their
 /// deadlines would overflow the boot clock's milliseconds.
 const MAX_DURATION_SECS: u64 = 100 * 365 * 24 * 3600;
 
