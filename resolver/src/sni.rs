@@ -331,8 +331,12 @@ pub(crate) mod tests {
             let _ = client_hello_name(&hello);
         }
 
+        // One hyphen at most and never at an end, so no label is "xn--" or otherwise rejected
+        // by IDNA's hyphen rules.
         #[test]
-        fn any_valid_name_round_trips(name in "[a-z][a-z0-9-]{0,20}(\\.[a-z][a-z0-9]{0,10}){1,3}") {
+        fn any_valid_name_round_trips(
+            name in "[a-z][a-z0-9]{0,9}(-[a-z0-9]{1,9})?(\\.[a-z][a-z0-9]{0,10}){1,3}",
+        ) {
             let hello = client_hello(Some(&name), 0);
             prop_assert_eq!(client_hello_name(&hello), named(&name));
         }
