@@ -22,7 +22,7 @@ pub fn bytes(count: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
-/// Returns how a host name was learned, as a prompt says it, or `None` when no name is known.
+/// Returns how a host name was learned, as a prompt shows it, or `None` when no name is known.
 pub fn name_source(source: NameSource) -> Option<&'static str> {
     match source {
         NameSource::Dns => Some("this program's DNS lookup"),

@@ -8,7 +8,7 @@
 //! each such flow's start, end and bytes, and each denial, on a ring that [`serve_events`]
 //! turns into the usual `decided` and `closed` events, marked `in_kernel`, at most 10 ms later.
 //!
-//! The kernel sees a flow's executable, address, port and protocol, nothing else. So a
+//! The kernel has only a flow's executable, address, port and protocol. So a
 //! verdict is written only for an executable whose applicable rules need nothing more: no
 //! host name or domain, digest, user, command line, script or parent condition, and for
 //! programs that no rule names, no executable glob either. Every other flow takes the path

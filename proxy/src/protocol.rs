@@ -446,6 +446,30 @@ pub struct ConnectionInfo {
     pub error: Option<String>,
 }
 
+impl ConnectionInfo {
+    /// Returns the connection an event is about, in `state`, started at the event's time and
+    /// with no bytes relayed yet.
+    pub fn from_event(event: &Event, state: ConnectionState) -> Self {
+        Self {
+            connection: event.connection,
+            process: event.process.clone(),
+            source: event.source,
+            destination: event.destination,
+            host: event.host.clone(),
+            name_source: event.name_source,
+            protocol: event.protocol,
+            state,
+            pending_id: None,
+            decided_by: None,
+            started_unix_ms: event.time_unix_ms,
+            ended_unix_ms: None,
+            bytes_up: 0,
+            bytes_down: 0,
+            error: None,
+        }
+    }
+}
+
 /// A pending request: one or more identical held connections waiting for a decision.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PendingInfo {

@@ -67,7 +67,7 @@ impl ConnectionTable {
                     .open
                     .entry(event.connection)
                     .or_insert_with(|| Tracked {
-                        info: new_info(event),
+                        info: ConnectionInfo::from_event(event, ConnectionState::Allowed),
                         bytes: ByteCounters::default(),
                     });
                 // A name learned from the first bytes arrives with the verdict.
@@ -144,26 +144,6 @@ impl ConnectionTable {
     /// Returns the number of connections in progress.
     pub fn open_count(&self) -> usize {
         self.open.len()
-    }
-}
-
-fn new_info(event: &Event) -> ConnectionInfo {
-    ConnectionInfo {
-        connection: event.connection,
-        process: event.process.clone(),
-        source: event.source,
-        destination: event.destination,
-        host: event.host.clone(),
-        name_source: event.name_source,
-        protocol: event.protocol,
-        state: ConnectionState::Allowed,
-        pending_id: None,
-        decided_by: None,
-        started_unix_ms: event.time_unix_ms,
-        ended_unix_ms: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        error: None,
     }
 }
 

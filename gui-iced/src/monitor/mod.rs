@@ -222,23 +222,9 @@ fn state_of(action: Action) -> ConnectionState {
 }
 
 fn held(event: &Event, pending_id: u64) -> ConnectionInfo {
-    ConnectionInfo {
-        connection: event.connection,
-        process: event.process.clone(),
-        source: event.source,
-        destination: event.destination,
-        host: event.host.clone(),
-        name_source: event.name_source,
-        protocol: event.protocol,
-        state: ConnectionState::Pending,
-        pending_id: Some(pending_id),
-        decided_by: None,
-        started_unix_ms: event.time_unix_ms,
-        ended_unix_ms: None,
-        bytes_up: 0,
-        bytes_down: 0,
-        error: None,
-    }
+    let mut info = ConnectionInfo::from_event(event, ConnectionState::Pending);
+    info.pending_id = Some(pending_id);
+    info
 }
 
 /// Returns a rule for the connection's executable (any process when unknown), host name (its

@@ -186,7 +186,7 @@ mod tests {
     }
 
     #[test]
-    fn until_quit_ties_the_rule_to_the_requesting_process() {
+    fn until_quit_ties_rule_to_process() {
         let choice = Choice {
             lifetime: LifetimeChoice::UntilQuit,
             ..Choice::default()

@@ -1313,7 +1313,7 @@ async fn relay(shared: &Shared, flow: &Flow, client: TcpStream) {
             shared.emit(flow, closed(up, down, None));
         }
         Err(err) => {
-            // Mirror a reset or failure on either side as a reset of both. The counts say how
+            // Mirror a reset or failure on either side as a reset of both. The counts show how
             // far the relay got.
             debug!(error = %err, "relay failed; resetting both sides");
             transparent::reset(client.into_inner());
